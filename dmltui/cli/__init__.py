@@ -1,0 +1,34 @@
+"""The ``dmltui`` command line (typer). Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dmltui.cli import presets, quickstart, runs, schema
+from dmltui.cli.common import ExitCode
+from dmltui.store import StoreBusy, StoreError
+
+app = typer.Typer(
+    name="dmltui",
+    help="Deep metric learning runs: presets, training, run store.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(presets.app, name="presets")
+app.add_typer(runs.app, name="runs")
+app.command("quickstart")(quickstart.quickstart)
+app.command("schema")(schema.schema)
+
+
+def main() -> None:
+    try:
+        app()
+    except StoreBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.BUSY)) from None
+    except StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.FAILED)) from None

@@ -1,0 +1,153 @@
+"""Datasets laid out as class folders (CUB200-2011, CARS196 and the embedded sets).
+
+Layout::
+
+    <dataset>/images/<class folder>/<image file>
+
+Class folders are sorted by their numeric prefix when every folder has one
+(``001.Black_footed_Albatross``), else by name (Python's default string order,
+as the original did for CARS196). The first half of the classes trains, the
+second half tests (zero-shot: test classes are unseen in training).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as F
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_NUMERIC_PREFIX = re.compile(r"^(\d+)\.")
+
+FOLDER_LAYOUT_HELP = "expected <root>/<dataset>/images/<class folder>/<image files> (e.g. images/001.Black_footed_Albatross/x.jpg)"
+
+
+class DatasetError(ValueError):
+    """A dataset folder that is missing or malformed; the message names the path and the expected layout."""
+
+
+@dataclass
+class ImageList:
+    """The images of one split: file paths, labels 0..C-1 and the class names behind them."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class Splits:
+    train: ImageList
+    test: ImageList
+    val: ImageList | None = None
+    info: dict = field(default_factory=dict)
+
+
+def read_class_folders(images_dir: Path) -> list[tuple[str, list[Path]]]:
+    """Sorted (class name, sorted image files) pairs of a class-folder tree; raises DatasetError."""
+    if not images_dir.is_dir():
+        raise DatasetError(f"dataset folder {images_dir} does not exist; {FOLDER_LAYOUT_HELP}")
+    folders = [p for p in images_dir.iterdir() if p.is_dir()]
+    if not folders:
+        raise DatasetError(f"{images_dir} has no class folders; {FOLDER_LAYOUT_HELP}")
+    if all(_NUMERIC_PREFIX.match(p.name) for p in folders):
+        folders.sort(key=lambda p: (int(_NUMERIC_PREFIX.match(p.name).group(1)), p.name))
+    else:
+        folders.sort(key=lambda p: p.name)
+    classes = []
+    for folder in folders:
+        # '._' files are macOS resource forks that ship inside the CUB archive.
+        files = sorted(
+            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "._" not in p.name and p.is_file()
+        )
+        if not files:
+            raise DatasetError(f"class folder {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        classes.append((folder.name, files))
+    return classes
+
+
+def image_list(classes: list[tuple[str, list[Path]]]) -> ImageList:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, (_, files) in enumerate(classes):
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return ImageList(paths, np.asarray(labels, dtype=np.int64), [name for name, _ in classes])
+
+
+def split_by_classes(classes: list, fraction: float) -> tuple[list, list]:
+    cut = int(fraction * len(classes))
+    if cut < 1 or cut >= len(classes):
+        raise DatasetError(f"data.tv_split_perc={fraction} leaves no class on one side of {len(classes)} classes")
+    return classes[:cut], classes[cut:]
+
+
+def split_by_samples(classes: list[tuple[str, list[Path]]], fraction: float) -> tuple[list, list]:
+    """Per class, evenly spaced images stay in train and the rest validate (classes shared)."""
+    train, val = [], []
+    for name, files in classes:
+        n_train = int(round(fraction * len(files)))
+        n_train = min(max(n_train, 1), len(files) - 1) if len(files) > 1 else 1
+        keep = set(np.unique(np.round(np.linspace(0, len(files) - 1, n_train)).astype(int)).tolist())
+        train.append((name, [f for i, f in enumerate(files) if i in keep]))
+        rest = [f for i, f in enumerate(files) if i not in keep]
+        if rest:
+            val.append((name, rest))
+    return train, val
+
+
+def half_split(root: Path, *, use_tv_split: bool, by_samples: bool, fraction: float) -> Splits:
+    """The CUB200/CARS196 protocol: first half of the classes train, second half test."""
+    classes = read_class_folders(root / "images")
+    if len(classes) < 2:
+        raise DatasetError(f"{root / 'images'} has {len(classes)} class folder; at least 2 are needed for a train/test split")
+    half = len(classes) // 2
+    train_classes, test_classes = classes[:half], classes[half:]
+    val = None
+    if use_tv_split:
+        splitter = split_by_samples if by_samples else split_by_classes
+        train_classes, val_classes = splitter(train_classes, fraction)
+        val = image_list(val_classes)
+    return Splits(train=image_list(train_classes), test=image_list(test_classes), val=val)
+
+
+def load_rgb(path: Path) -> torch.Tensor:
+    """Decode an image file into a uint8 CHW RGB tensor (grayscale and RGBA converted, as the original)."""
+    with Image.open(path) as image:
+        return F.pil_to_tensor(image.convert("RGB"))
+
+
+class ImageDataset(Dataset):
+    """``(image, label, index)`` items of an :class:`ImageList`, optionally decoded once into RAM."""
+
+    def __init__(self, images: ImageList, transform, *, in_memory: bool = False, cache: dict | None = None):
+        self.images = images
+        self.transform = transform
+        self.labels = torch.as_tensor(images.labels)
+        self._decoded: list[torch.Tensor] | None = None
+        if in_memory:
+            # A cache shared between the datasets of one run decodes each file once.
+            cache = {} if cache is None else cache
+            self._decoded = [cache.setdefault(p, load_rgb(p)) for p in images.paths]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def raw(self, index: int) -> torch.Tensor:
+        return self._decoded[index] if self._decoded is not None else load_rgb(self.images.paths[index])
+
+    def __getitem__(self, index: int):
+        return self.transform(self.raw(index)), self.labels[index], index

@@ -1,0 +1,39 @@
+"""Embedding extraction and the bridge from a dataset to ``engine.metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from engine import metrics
+from engine.data import ImageDataset
+
+
+@torch.no_grad()
+def embed_dataset(model: torch.nn.Module, dataset: ImageDataset, *, batch_size: int, device: torch.device,
+                  workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (float32, on the CPU) and labels of every item, in dataset order, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    chunks, labels = [], []
+    for images, batch_labels, _ in loader:
+        chunks.append(model(images.to(device, non_blocking=True)).float().cpu())
+        labels.append(batch_labels)
+    model.train(was_training)
+    return torch.cat(chunks), torch.cat(labels)
+
+
+def raw_pixels(dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened eval-transformed images: the 'no learning at all' baseline."""
+    pixels = torch.stack([dataset[i][0].flatten() for i in range(len(dataset))]).float()
+    return pixels, dataset.labels.clone()
+
+
+def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, names: list[str], *, seed: int = 0,
+                        on_gpu: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
+    return metrics.compute_metrics(embeddings, labels, names, seed=seed, device=device)

@@ -1,0 +1,50 @@
+"""DML losses, looked up by name.
+
+Public API (stable)::
+
+    loss = engine.losses.create("margin", num_classes=C, embed_dim=D, miner=engine.miners.create("distance"), beta=0.6)
+    value = loss(embeddings, labels)      # scalar tensor
+    engine.losses.list_losses()           # the names the config accepts
+
+Config: ``loss.name`` picks the loss, ``loss.<name>.<param>`` holds its parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.losses.base import DMLLoss
+from engine.miners import MINERS, Miner
+from engine.registry import Registry
+
+LOSSES: Registry[type[DMLLoss]] = Registry("loss")
+
+
+def create(name: str, *, num_classes: int, embed_dim: int, miner: Miner | None = None, **params: Any) -> DMLLoss:
+    return LOSSES.get(name)(num_classes, embed_dim, miner, **params)
+
+
+def list_losses() -> list[str]:
+    return LOSSES.names()
+
+
+def params_from_config(loss_config, name: str) -> dict[str, Any]:
+    """The ``loss.<name>`` section as keyword arguments ({} for losses without parameters)."""
+    section = getattr(loss_config, name, None)
+    return section.model_dump() if section is not None else {}
+
+
+def check_miner_compatibility(loss_name: str, miner_name: str) -> None:
+    """ValueError when the loss cannot use the miner's tuples (names both and what is allowed)."""
+    loss_cls = LOSSES.get(loss_name)
+    if not loss_cls.REQUIRES_MINER:
+        return
+    miner_cls = MINERS.get(miner_name)
+    if miner_cls.OUTPUT not in loss_cls.MINER_OUTPUTS:
+        allowed = [n for n, cls in MINERS.items() if cls.OUTPUT in loss_cls.MINER_OUTPUTS]
+        raise ValueError(f"miner.name={miner_name!r} cannot feed loss.name={loss_name!r}; allowed miners: {', '.join(allowed)}")
+
+
+from engine.losses import margin  # noqa: E402,F401  (registration)
+
+__all__ = ["LOSSES", "DMLLoss", "check_miner_compatibility", "create", "list_losses", "params_from_config"]

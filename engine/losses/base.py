@@ -1,0 +1,53 @@
+"""Base class of the DML losses."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from engine.miners import Miner
+
+
+class DMLLoss(nn.Module):
+    """A loss called as ``loss(embeddings, labels) -> scalar``.
+
+    Class attributes declare what the loss needs:
+
+    * ``REQUIRES_MINER``: the loss consumes mined tuples.
+    * ``MINER_OUTPUTS``: the tuple structures it accepts (``Miner.OUTPUT``).
+
+    Trainable parameters of the loss (margin betas, proxies, class weights) go into
+    their own optimizer groups, returned by :meth:`param_groups`. The math always
+    runs in float32, also under autocast, and a batch without any valid tuple
+    gives a zero loss that still backpropagates.
+    """
+
+    name: ClassVar[str]
+    REQUIRES_MINER: ClassVar[bool] = False
+    MINER_OUTPUTS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, num_classes: int, embed_dim: int, miner: Miner | None = None):
+        super().__init__()
+        if self.REQUIRES_MINER and miner is None:
+            raise ValueError(f"loss {self.name!r} needs a miner")
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.miner = miner
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups of the loss's own parameters (none by default)."""
+        return []
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self.compute(embeddings.float(), labels)
+
+    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def zero(embeddings: torch.Tensor) -> torch.Tensor:
+        """A zero that keeps the graph connected (backward works, gradients are zero)."""
+        return embeddings.sum() * 0.0

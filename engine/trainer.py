@@ -1,0 +1,391 @@
+"""The training loop: one run of a resolved :class:`Config` into a run directory.
+
+Order per epoch: sample class-balanced batches, embed, mine and compute the loss,
+step the optimizers, log the epoch's training figures, evaluate the requested
+splits, write checkpoints (the last epoch, and the best epoch of every storage
+metric on the selection split), step the LR schedule.
+
+Epochs are numbered from 1; epoch 0 is the untrained network (``eval.at_start``).
+Model selection uses the validation split when ``data.use_tv_split`` is set, else
+the test split, which is the paper's protocol (best test epoch) — it is model
+selection on test data, so use a validation split for honest selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from engine import losses, miners, samplers
+from engine.config.schema import Config
+from engine.data import ImageDataset, build_transform, create_splits
+from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
+from engine.io import atomic_torch_save
+from engine.models import backbone_info, create_model
+from engine.rundir import Heartbeat, RunDir, now_iso
+
+log = logging.getLogger("engine")
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Outcome:
+    state: str
+    epoch: int
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(config: Config) -> torch.device:
+    wants_cuda = config.run.device == "cuda" or (config.run.device == "auto" and torch.cuda.is_available())
+    if not wants_cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("run.device='cuda' but CUDA is not available on this machine; use run.device='cpu' or 'auto'")
+    index = config.run.gpus[0] if config.run.gpus else 0
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a launcher already picked the GPU
+        index = 0
+    return torch.device("cuda", index)
+
+
+def setup_logging(run_dir: RunDir, console: bool) -> None:
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False
+    file_handler = logging.FileHandler(run_dir.log, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(stream)
+
+
+class StopRequested:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints and ends in state ``stopped``."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signum
+        log.warning("received %s: stopping after the current batch", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: RunDir, *, show_progress: bool | None = None):
+        self.config = config
+        self.run_dir = run_dir
+        interactive = sys.stderr.isatty()
+        self.show_progress = config.log.progress and (interactive if show_progress is None else show_progress)
+        self.epoch = 0
+        self.step = 0
+        self.best: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ building
+    def build(self) -> None:
+        cfg = self.config
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        seed_everything(cfg.run.seed, cfg.run.deterministic)
+        self.device = resolve_device(cfg)
+        backbone = backbone_info(cfg.model.arch)
+        size = cfg.data.image_size or backbone.input_size
+        if cfg.data.augmentation == "big" and cfg.data.image_size is None:
+            size = 256
+        splits = create_splits(
+            cfg.data.dataset,
+            cfg.data.source_path,
+            use_tv_split=cfg.data.use_tv_split,
+            tv_split_by_samples=cfg.data.tv_split_by_samples,
+            tv_split_perc=cfg.data.tv_split_perc,
+        )
+        train_tf = build_transform(cfg.data.augmentation, size, train=True, mean=backbone.mean, std=backbone.std)
+        eval_tf = build_transform(cfg.data.augmentation, size, train=False, mean=backbone.mean, std=backbone.std)
+        cache: dict = {}
+        make = lambda images, tf: ImageDataset(images, tf, in_memory=cfg.data.in_memory, cache=cache)  # noqa: E731
+        self.train_set = make(splits.train, train_tf)
+        self.eval_sets: dict[str, ImageDataset] = {"test": make(splits.test, eval_tf)}
+        if splits.val is not None:
+            self.eval_sets["val"] = make(splits.val, eval_tf)
+        if cfg.eval.train_metrics:
+            self.eval_sets["train"] = make(splits.train, eval_tf)
+        self.selection_split = "val" if "val" in self.eval_sets else "test"
+        self.num_classes = splits.train.num_classes
+
+        self.sampler = samplers.create(
+            cfg.sampler.name,
+            splits.train.labels,
+            batch_size=cfg.sampler.batch_size,
+            samples_per_class=cfg.sampler.samples_per_class,
+            seed=cfg.run.seed,
+        )
+        self.loader = DataLoader(
+            self.train_set,
+            batch_sampler=self.sampler,
+            num_workers=cfg.data.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.data.workers > 0,
+        )
+        self.model = create_model(
+            cfg.model.arch, embed_dim=cfg.model.embed_dim, pretrained=cfg.model.pretrained, weights_path=cfg.model.weights_path
+        ).to(self.device)
+        miner = miners.create(cfg.miner.name, **miners.params_from_config(cfg.miner, cfg.miner.name))
+        self.criterion = losses.create(
+            cfg.loss.name,
+            num_classes=self.num_classes,
+            embed_dim=cfg.model.embed_dim,
+            miner=miner if losses.LOSSES.get(cfg.loss.name).REQUIRES_MINER else None,
+            **losses.params_from_config(cfg.loss, cfg.loss.name),
+        ).to(self.device)
+        self.optimizer = self._optimizer()
+        milestones = cfg.optim.tau if cfg.optim.scheduler == "step" else []
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=cfg.optim.gamma)
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        log.info(
+            "dataset %s: %d train images / %d classes, %d test images / %d classes%s",
+            cfg.data.dataset,
+            len(splits.train),
+            splits.train.num_classes,
+            len(splits.test),
+            splits.test.num_classes,
+            f", {len(splits.val)} val images" if splits.val is not None else "",
+        )
+        log.info(
+            "model %s (%s trainable parameters) | loss %s | miner %s | sampler %s | device %s",
+            cfg.model.arch, f"{n_params:,}", cfg.loss.name, cfg.miner.name, cfg.sampler.name, self.device,
+        )
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config.optim
+        head = list(self.model.head.parameters())
+        head_ids = {id(p) for p in head}
+        body = [p for p in self.model.parameters() if id(p) not in head_ids]
+        groups: list[dict[str, Any]]
+        if cfg.fc_lr is None:
+            groups = [{"params": body + head, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "network"}]
+        else:
+            groups = [
+                {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "backbone"},
+                {"params": head, "lr": cfg.fc_lr, "weight_decay": cfg.weight_decay, "name": "head"},
+            ]
+        groups += self.criterion.param_groups(cfg.lr)
+        if cfg.name == "adam":
+            return torch.optim.Adam(groups)
+        if cfg.name == "adamw":
+            return torch.optim.AdamW(groups)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, epoch: int) -> dict[str, dict[str, Any]]:
+        cfg = self.config.eval
+        batch_size = cfg.batch_size or self.config.sampler.batch_size
+        results = {}
+        for split, dataset in self.eval_sets.items():
+            embeddings, labels = embed_dataset(self.model, dataset, batch_size=batch_size, device=self.device)
+            values, missing = evaluate_embeddings(embeddings, labels, cfg.metrics, seed=self.config.run.seed, on_gpu=cfg.on_gpu)
+            record = {"kind": "eval", "epoch": epoch, "step": self.step, "split": split, "time": now_iso(), "metrics": values}
+            if missing:
+                record["missing"] = missing
+            self.run_dir.append_metrics(record)
+            results[split] = values
+        return results
+
+    def log_raw_pixel_baseline(self) -> None:
+        dataset = self.eval_sets["test"]
+        pixels, labels = raw_pixels(dataset)
+        values, missing = evaluate_embeddings(pixels, labels, self.config.eval.metrics, seed=self.config.run.seed)
+        record = {"kind": "baseline", "name": "raw_pixels", "epoch": None, "step": 0, "split": "test", "time": now_iso(),
+                  "metrics": values}
+        if missing:
+            record["missing"] = missing
+        self.run_dir.append_metrics(record)
+        log.info("raw pixels (test): %s", _fmt(values))
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "epoch": self.epoch,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "loss": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best": self.best,
+            "config": self.config.to_dict(),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def save_checkpoints(self, results: dict[str, dict[str, Any]]) -> None:
+        state = None
+        values = results.get(self.selection_split, {})
+        for metric in self.config.eval.storage_metrics:
+            value = values.get(metric)
+            if not isinstance(value, (int, float)):
+                continue
+            key = f"{self.selection_split}/{metric}"
+            if key not in self.best or value > self.best[key]["value"]:
+                self.best[key] = {"value": float(value), "epoch": self.epoch}
+                state = state or self.state()
+                atomic_torch_save(self.run_dir.checkpoints / f"best_{self.selection_split}_{metric}.pt", state)
+        atomic_torch_save(self.run_dir.checkpoints / "last.pt", state or self.state())
+
+    # ------------------------------------------------------------------- training
+    def train_epoch(self, stop: StopRequested, progress) -> dict[str, float]:
+        self.model.train()
+        self.sampler.set_epoch(self.epoch)
+        started = time.perf_counter()
+        losses_seen: list[float] = []
+        task = progress.add_task(f"epoch {self.epoch}/{self.config.optim.epochs}", total=len(self.sampler)) if progress else None
+        for images, labels, _ in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            embeddings = self.model(images)
+            loss = self.criterion(embeddings, labels)
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {loss.item()} at epoch {self.epoch}, step {self.step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            losses_seen.append(loss.item())
+            if progress:
+                progress.update(task, advance=1, description=f"epoch {self.epoch}/{self.config.optim.epochs} loss {losses_seen[-1]:.4f}")
+            if stop:
+                break
+        if progress:
+            progress.remove_task(task)
+        figures = {
+            "loss": float(np.mean(losses_seen)) if losses_seen else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+            "batches": len(losses_seen),
+        }
+        if hasattr(self.criterion, "beta") and self.criterion.beta is not None:
+            figures["beta_mean"] = float(self.criterion.beta.detach().mean())
+        return figures
+
+    def fit(self, stop: StopRequested) -> Outcome:
+        cfg = self.config
+        self.run_dir.update_status(epoch=0, epochs=cfg.optim.epochs, step=0)
+        if cfg.eval.raw_pixel_baseline:
+            self.log_raw_pixel_baseline()
+        if cfg.eval.at_start:
+            results = self.evaluate(0)
+            log.info("epoch 0 (untrained): %s", _fmt_results(results))
+        progress_cm = _progress() if self.show_progress else nullcontext(None)
+        with progress_cm as progress:
+            for epoch in range(self.epoch + 1, cfg.optim.epochs + 1):
+                self.epoch = epoch
+                figures = self.train_epoch(stop, progress)
+                self.run_dir.append_metrics(
+                    {"kind": "train", "epoch": epoch, "step": self.step, "split": "train", "time": now_iso(), "metrics": figures}
+                )
+                if stop:
+                    atomic_torch_save(self.run_dir.checkpoints / "last.pt", self.state())
+                    log.info("stopped during epoch %d; checkpoint written", epoch)
+                    return Outcome("stopped", epoch, self.best)
+                last = epoch == cfg.optim.epochs
+                results = self.evaluate(epoch) if last or epoch % cfg.eval.every == 0 else {}
+                self.save_checkpoints(results)
+                self.scheduler.step()
+                self.run_dir.update_status(epoch=epoch, step=self.step, best=self.best)
+                log.info(
+                    "epoch %d/%d loss %.4f (%.1fs) | %s",
+                    epoch, cfg.optim.epochs, figures["loss"], figures["epoch_time_s"], _fmt_results(results) or "no evaluation",
+                )
+        return Outcome("finished", self.epoch, self.best)
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), transient=True,
+    )
+
+
+def _fmt(values: dict[str, Any]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+
+
+def _fmt_results(results: dict[str, dict[str, Any]]) -> str:
+    return " | ".join(f"{split} {_fmt(values)}" for split, values in results.items())
+
+
+def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | None = None) -> Outcome:
+    """Train *config* into *run_dir*; always leaves a final state in status.json."""
+    rd = RunDir(run_dir)
+    rd.path.mkdir(parents=True, exist_ok=True)
+    rd.checkpoints.mkdir(exist_ok=True)
+    if not rd.config.exists():
+        import tomli_w
+
+        rd.write_config(tomli_w.dumps(config.to_dict()))
+    setup_logging(rd, console=True)
+    rd.write_env()
+    rd.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), started_at=now_iso(), ended_at=None, error=None)
+    trainer = Trainer(config, rd, show_progress=show_progress)
+    with Heartbeat(rd), StopRequested() as stop:
+        try:
+            trainer.build()
+            outcome = trainer.fit(stop)
+        except Diverged as error:
+            log.error("diverged: %s", error)
+            outcome = Outcome("diverged", trainer.epoch, trainer.best, str(error))
+        except KeyboardInterrupt:
+            outcome = Outcome("stopped", trainer.epoch, trainer.best, "interrupted")
+        except Exception as error:
+            log.exception("run failed")
+            outcome = Outcome("failed", trainer.epoch, trainer.best, f"{type(error).__name__}: {error}")
+    rd.update_status(state=outcome.state, ended_at=now_iso(), epoch=outcome.epoch, error=outcome.error, best=outcome.best)
+    log.info("run %s: %s", outcome.state, rd.path)
+    return outcome
