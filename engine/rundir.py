@@ -153,11 +153,12 @@ class Heartbeat:
 def best_metrics(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Best value (max; min for losses) and its epoch of every scalar metric per split.
 
-    Keys are ``<split>/<metric>``; epoch 0 (the untrained network) counts like any epoch.
+    Keys are ``<split>/<metric>``. Epoch 0 (the untrained network) is a reference, not a
+    candidate, as in the trainer's checkpoint selection.
     """
     best: dict[str, dict[str, Any]] = {}
     for record in records:
-        if record.get("kind") not in ("eval", "train"):
+        if record.get("kind") not in ("eval", "train") or not record.get("epoch"):
             continue
         for name, value in record.get("metrics", {}).items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):

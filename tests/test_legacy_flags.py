@@ -9,13 +9,13 @@ import types
 import pytest
 
 import engine
+from engine.config.presets import deep_merge
 from engine.config.legacy import (
     ARGUMENT_GROUP_TITLE,
     LEGACY_FLAGS,
     LegacyFlagError,
     add_legacy_arguments,
     convert_runs_file,
-    deep_merge,
     flag_by_name,
     legacy_overrides,
     parse_legacy_argv,

@@ -316,6 +316,49 @@ def test_kmeans_is_a_lloyd_fixed_point_and_deterministic():
     assert compute_metrics(x.numpy(), y, ["nmi", "c_f1"], seed=2) == compute_metrics(x.numpy(), y, ["nmi", "c_f1"], seed=2)
 
 
+def test_seed_drives_the_kmeans_plus_plus_draws():
+    x = torch.tensor(np.random.default_rng(12).normal(size=(100, 4)), dtype=torch.float32)
+    seeds = {s: M.kmeans(x, 5, seed=s, iterations=0)[0] for s in (0, 1)}
+    assert not torch.equal(seeds[0], seeds[1])
+    assert torch.equal(seeds[0], M.kmeans(x, 5, seed=0, iterations=0)[0])
+
+
+def test_cosine_clustering_depends_on_direction_only():
+    # two directions, each with tiny and huge norms: only the cosine clustering can recover them
+    r = np.array([1.0, 1.1, 1.2, 100.0, 110.0, 120.0], dtype=np.float32)[:, None]
+    x = np.concatenate([r * [1.0, 0.05], r * [0.05, 1.0]]).astype(np.float32)
+    y = [0] * 6 + [1] * 6
+    v = values(x, y, ["c_nmi", "c_f1", "nmi"])
+    assert v["c_nmi"] == pytest.approx(1.0) and v["c_f1"] == pytest.approx(1.0)
+    assert v["nmi"] < 0.5
+    rng = np.random.default_rng(13)
+    z = torch.tensor(rng.normal(size=(80, 3)), dtype=torch.float32)
+    scale = torch.tensor(rng.uniform(0.01, 100.0, size=(80, 1)), dtype=torch.float32)
+    assert torch.equal(M.cluster(z, 4, space="c", seed=1), M.cluster(z * scale, 4, space="c", seed=1))
+
+
+def test_empty_cluster_is_reseeded_at_the_farthest_point():
+    x = torch.tensor([[5.0], [6.0], [7.0], [15.0], [16.0]])
+    # centroid 100 gets no point; the farthest point from its centroid is 5 (distance 1, ties with 7: lower index)
+    centroids, ids = M.kmeans(x, 3, init=torch.tensor([[6.0], [100.0], [15.5]]))
+    assert ids.tolist() == [1, 0, 0, 2, 2]
+    assert centroids.flatten().tolist() == [6.5, 5.0, 15.5]
+
+
+def test_cosine_assignment_uses_normalised_centroids():
+    x = torch.tensor([[1.0, 0.0]])
+    centroids = torch.tensor([[0.5, 0.0], [0.9, 0.3]])  # the nearer one (L2) is the less aligned one
+    assert M.assign(x, centroids)[0].item() == 1
+    assert M.assign(x, centroids, metric="cosine")[0].item() == 0
+    rng = np.random.default_rng(14)
+    z = torch.tensor(rng.normal(size=(300, 5)), dtype=torch.float32)
+    unit = torch.nn.functional.normalize(z, dim=1)
+    c, _ = M.kmeans(unit, 7, seed=4)
+    expected = (unit @ torch.nn.functional.normalize(c, dim=1).T).argmax(1)
+    assert torch.equal(M.cluster(z, 7, space="c", seed=4), expected)
+    assert not torch.equal(expected, M.assign(unit, c)[0])  # the two rules differ on this data
+
+
 def test_kmeans_survives_empty_clusters_and_duplicates():
     x = torch.tensor([[0.0, 0.0]] * 10 + [[5.0, 5.0]])
     centroids, ids = M.kmeans(x, 3, seed=0)

@@ -125,6 +125,8 @@ def import_runs(
     if not script.is_file():
         fail(f"{script} does not exist", ExitCode.NOT_FOUND)
     converted = convert_runs_file(script.read_text())
+    for warning in converted.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if not converted:
         fail(f"{script}: no `python main.py ...` or `python -m engine ...` line found", ExitCode.USAGE)
     out = out or home.user_presets_dir()

@@ -100,7 +100,6 @@ __all__ = [
     "legacy_overrides",
     "parse_legacy_argv",
     "convert_runs_file",
-    "deep_merge",
     "flag_by_name",
 ]
 
@@ -497,7 +496,7 @@ def legacy_overrides(namespace_or_dict: Any) -> tuple[dict, list[str]]:
     (only its ``legacy:*`` attributes are read), or a mapping whose keys are flags
     (``"--bs"``), bare names (``"bs"``) or those dests. Values of a mapping may be strings;
     they are converted with the flag's type. Deep-merge the result onto a config dict
-    (:func:`deep_merge`) and validate it with the schema.
+    (:func:`engine.config.presets.deep_merge`) and validate it with the schema.
     """
     overrides: dict = {}
     warnings: list[str] = []
@@ -514,17 +513,6 @@ def legacy_overrides(namespace_or_dict: Any) -> tuple[dict, list[str]]:
             continue
         _set_dotted(overrides, entry.key, value)
     return overrides, warnings
-
-
-def deep_merge(base: Mapping, overrides: Mapping) -> dict:
-    """A new dict: *base* with *overrides* merged in, recursively for nested mappings."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _drop_dotted(target: dict, dotted: str) -> None:

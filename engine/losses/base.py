@@ -41,8 +41,11 @@ class DMLLoss(nn.Module):
         return []
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Half-precision inputs (autocast) are upcast; float64 stays float64 (for exact checks).
+        if embeddings.dtype != torch.float64:
+            embeddings = embeddings.float()
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            return self.compute(embeddings.float(), labels)
+            return self.compute(embeddings, labels)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -4,7 +4,7 @@ embedding-space distances and the ρ spectrum.
 Entry points: :func:`compute_metrics` (values plus the reasons of the ones that
 could not be computed) and :func:`evaluate` (missing ones as None);
 :func:`check_metric_name` / :func:`list_metrics` for configs. Names follow the
-original codebase (see docs: inventory §8.2). The ``e_``/un-prefixed metrics use
+original codebase (its ``metrics/``; reference inventory §8.2). The ``e_``/un-prefixed metrics use
 Euclidean distance, the ``c_`` ones L2-normalised features (inner product).
 
 Shared work: one exact kNN pass per space with the largest k that any requested

@@ -41,7 +41,7 @@ def assign(
     c_sq = (centroids * centroids).sum(dim=1)
     for s in range(0, n, chunk_size):
         xb = x[s : s + chunk_size]
-        d = c_sq.unsqueeze(0) - 2.0 * (xb @ centroids.T)
+        d = (xb @ centroids.T).mul_(-2.0).add_(c_sq.unsqueeze(0))
         best, ids[s : s + chunk_size] = d.min(dim=1)  # first index among equal minima
         score[s : s + chunk_size] = (best + (xb * xb).sum(dim=1)).clamp_min(0.0)
     return ids, score
@@ -75,12 +75,14 @@ def kmeans(
     seed: int = 0,
     iterations: int = DEFAULT_ITERATIONS,
     chunk_size: int | None = None,
+    init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Euclidean k-means of the rows of *x*: (centroids k × D, cluster of every point).
 
-    k-means++ seeding from ``torch.Generator().manual_seed(seed)``, then at most
-    *iterations* Lloyd steps (stopping early once the assignment is stable); the
-    returned clusters are the nearest final centroids. Accepts numpy arrays.
+    k-means++ seeding from ``torch.Generator().manual_seed(seed)`` (or the given
+    *init* centroids), then at most *iterations* Lloyd steps (stopping early once
+    the assignment is stable); the returned clusters are the nearest final
+    centroids. Accepts numpy arrays.
     """
     x = torch.as_tensor(x)
     if x.ndim != 2:
@@ -90,8 +92,13 @@ def kmeans(
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..N = 1..{n}, got {k}")
-    generator = torch.Generator().manual_seed(int(seed))
-    centroids = x[kmeans_plus_plus(x, k, generator).to(x.device)].clone()
+    if init is not None:
+        centroids = torch.as_tensor(init).to(device=x.device, dtype=x.dtype).clone()
+        if centroids.shape != (k, x.shape[1]):
+            raise ValueError(f"init must be k x D = {k} x {x.shape[1]}, got {tuple(centroids.shape)}")
+    else:
+        generator = torch.Generator().manual_seed(int(seed))
+        centroids = x[kmeans_plus_plus(x, k, generator).to(x.device)].clone()
 
     previous = None
     for _ in range(iterations):

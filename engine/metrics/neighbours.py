@@ -62,8 +62,11 @@ def knn_blocks(
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
         rows = torch.arange(stop - start, device=x.device)
-        sim = x[start:stop] @ x.T
-        dist = offset.unsqueeze(0) - 2.0 * sim if offset is not None else -sim
+        dist = x[start:stop] @ x.T  # similarities, turned into distances in place
+        if offset is not None:
+            dist.mul_(-2.0).add_(offset.unsqueeze(0))
+        else:
+            dist.neg_()
         dist[rows, rows + start] = float("inf")  # the query itself, by index
 
         values, idx = torch.topk(dist, take, dim=1, largest=False, sorted=True)

@@ -1,0 +1,3 @@
+from dmltui.cli import main
+
+main()

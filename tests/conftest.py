@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """One dataset cache per test session (the embedded sets are generated once)."""
+    return tmp_path_factory.mktemp("datasets")
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, data_root, monkeypatch) -> Path:
+    """Every test gets its own DMLTUI_HOME; nothing touches the user's real files."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DMLTUI_HOME", str(home))
+    monkeypatch.setenv("DMLTUI_DATA", str(data_root))
+    monkeypatch.delenv("DMLTUI_PRESETS", raising=False)
+    return home
+
+
+def make_class_folders(images_dir: Path, n_classes: int, per_class: int, *, size=(40, 48), suffix=".jpg", seed=0,
+                       numbered=True) -> list[str]:
+    """Images whose colour and stripe pattern depend on the class (so they are learnable)."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for c in range(n_classes):
+        name = f"{c + 1:03d}.Class_{c}" if numbered else f"Class_{chr(65 + c)}"
+        folder = images_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, size=3)
+        for i in range(per_class):
+            h, w = size
+            pixels = np.empty((h, w, 3), dtype=np.uint8)
+            pixels[:] = base
+            pixels[:, :: 2 + c % 4] = 255 - base
+            pixels = np.clip(pixels + rng.normal(0, 12, pixels.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"img_{i:03d}{suffix}")
+        names.append(name)
+    return names
+
+
+@pytest.fixture
+def tiny_cub(tmp_path) -> Path:
+    """A CUB200-layout dataset with 8 classes x 12 images; returns the data root (source_path)."""
+    root = tmp_path / "data"
+    make_class_folders(root / "cub200" / "images", 8, 12)
+    return root
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a console entry point the way a user does (a fresh process)."""
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def dmltui(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The installed `dmltui` console script (the real entry point)."""
+    script = Path(sys.executable).with_name("dmltui")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def engine_cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return run_cli("-m", "engine", *args, **kw)

@@ -1,0 +1,188 @@
+"""End-to-end runs of the engine: run directory contents, state transitions, stop, divergence, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, engine_cli
+
+from engine import trainer
+from engine.config.presets import resolve
+from engine.config.schema import Config
+from engine.rundir import STATES, RunDir
+
+FAST = ["optim.epochs=2", "sampler.batch_size=16", "sampler.samples_per_class=4", "eval.metrics=['e_recall@1', 'e_recall@2', 'nmi']"]
+
+
+def digits_config(*overrides: str) -> Config:
+    return resolve(["quickstart", "digits"], [*FAST, "data.image_size=16", *overrides]).config
+
+
+def test_legacy_flags_run_on_a_cub_layout_dataset(tiny_cub, tmp_path):
+    save = tmp_path / "results"
+    result = engine_cli(
+        "--dataset", "cub200", "--source", str(tiny_cub), "--arch", "smallcnn_normalize", "--not_pretrained",
+        "--n_epochs", "2", "--bs", "16", "--samples_per_class", "4", "--kernels", "0", "--embed_dim", "32",
+        "--lr", "0.001", "--evaluation_metrics", "e_recall@1", "e_recall@2", "nmi", "--seed", "3",
+        "--save_path", str(save), "--set", "run.device=cpu", "--set", "data.image_size=32",
+    )
+    assert result.returncode == 0, result.stderr
+    runs = list((save / "cub200").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("CUB200_smallcnn_normalize_")
+    rd = RunDir(runs[0])
+
+    config = Config.model_validate(tomllib.loads(rd.config.read_text()))
+    assert (config.data.dataset, config.optim.epochs, config.run.seed, config.model.pretrained) == ("cub200", 2, 3, False)
+    assert config.eval.metrics == ["e_recall@1", "e_recall@2", "nmi"]
+
+    status = rd.read_status()
+    assert status["state"] == "finished" and status["epoch"] == 2 and status["epochs"] == 2
+    assert status["pid"] > 0 and status["host"] and status["started_at"] < status["ended_at"]
+    assert status["heartbeat_at"] and status["error"] is None
+
+    records = rd.read_metrics()
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["epoch"] for r in train] == [1, 2]
+    assert all(r["metrics"]["loss"] >= 0 and r["metrics"]["batches"] == 48 // 16 for r in train)
+    evals = {(r["split"], r["epoch"]) for r in records if r["kind"] == "eval"}
+    assert evals == {("test", 1), ("train", 1), ("test", 2), ("train", 2)}  # original: train metrics too
+    assert all(set(r["metrics"]) == {"e_recall@1", "e_recall@2", "nmi"} for r in records if r["kind"] == "eval")
+    assert all(json.loads(line) for line in rd.metrics.read_text().splitlines())
+    assert [r["step"] for r in train] == [3, 6]
+
+    env = json.loads(rd.env.read_text())
+    assert {"python", "torch", "cuda", "gpus", "host", "git_commit"} <= set(env)
+    log = rd.log.read_text()
+    assert "epoch 2/2" in log and "run finished" in log
+
+    names = sorted(p.name for p in rd.checkpoints.iterdir())
+    assert names == ["best_test_e_recall@1.pt", "last.pt"]
+    state = torch.load(rd.checkpoints / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and {"model", "optimizer", "loss", "scheduler", "rng", "config"} <= set(state)
+    assert state["loss"]["beta"].shape == (4,)  # one learnable beta per training class
+    assert not list(rd.path.rglob(".tmp-*"))
+
+
+def test_state_goes_queued_running_finished_and_reaches_the_store(tiny_cub, isolated_env):
+    from dmltui import runs
+
+    resolved = resolve(
+        ["quickstart"],
+        [*FAST, "data.dataset=cub200", f"data.source_path={str(tiny_cub)!r}", "optim.epochs=3"],
+    )
+    record = runs.prepare_run(resolved, name="tiny")
+    rd = RunDir(record["run_dir"])
+    assert rd.read_status()["state"] == "queued" and runs.open_store().get(record["id"])["state"] == "queued"
+    seen = []
+    process = subprocess.Popen(runs.engine_command(rd.path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while process.poll() is None:
+        state = rd.read_status().get("state")
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        time.sleep(0.02)
+    seen.append(rd.read_status()["state"])
+    assert process.returncode == 0
+    assert seen[0] == "queued" and "running" in seen and seen[-1] == "finished"
+    assert all(s in STATES for s in seen)
+    stored = runs.reconcile(record["id"])
+    assert stored["state"] == "finished" and stored["epoch"] == 3
+    best = stored["best"]["test/e_recall@1"]
+    assert 0 <= best["value"] <= 1 and 1 <= best["epoch"] <= 3
+
+
+def test_divergence_stops_the_run_with_state_diverged(tmp_path, monkeypatch):
+    from engine.losses.margin import MarginLoss
+
+    monkeypatch.setattr(MarginLoss, "compute", lambda self, e, l: e.sum() * float("nan"))
+    outcome = trainer.run(digits_config(), tmp_path / "run", show_progress=False)
+    assert outcome.state == "diverged"
+    status = RunDir(tmp_path / "run").read_status()
+    assert status["state"] == "diverged" and "nan at epoch 1, step 1" in status["error"]
+
+
+def test_a_failing_run_ends_failed_with_the_error(tmp_path):
+    config = digits_config("data.source_path='/nonexistent/place'", "data.dataset=cub200")
+    outcome = trainer.run(config, tmp_path / "run", show_progress=False)
+    status = RunDir(tmp_path / "run").read_status()
+    assert outcome.state == status["state"] == "failed"
+    assert "/nonexistent/place/cub200/images does not exist" in status["error"]
+    assert "expected <root>/<dataset>/images/<class folder>" in status["error"]
+
+
+def test_same_seed_same_metrics_other_seed_differs(tmp_path):
+    def metrics(seed: int, name: str) -> list:
+        trainer.run(digits_config(f"run.seed={seed}"), tmp_path / name, show_progress=False)
+        return [r["metrics"] for r in RunDir(tmp_path / name).read_metrics() if r["kind"] in ("eval", "train")
+                and "epoch_time_s" not in r["metrics"]]
+
+    first, second, other = metrics(5, "a"), metrics(5, "b"), metrics(6, "c")
+    assert first == second
+    assert first != other
+
+
+def test_sigterm_checkpoints_and_ends_stopped(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine", "--preset", "quickstart", "--preset", "digits", "--set", "optim.epochs=500",
+         "--set", "data.image_size=16", "--run-dir", str(run_dir)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    rd = RunDir(run_dir)
+    deadline = time.monotonic() + 120
+    while rd.read_status().get("epoch", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    status = rd.read_status()
+    assert status["state"] == "stopped" and status["ended_at"]
+    state = torch.load(rd.checkpoints / "last.pt", weights_only=False)
+    assert state["epoch"] >= 1
+
+
+def test_derived_state_dead_pid_or_silent_heartbeat_is_crashed():
+    from datetime import UTC, datetime, timedelta
+
+    from dmltui.runs import derive_state
+
+    now = datetime.now(UTC)
+    alive = {"state": "running", "pid": os.getpid(), "host": "here", "heartbeat_at": now.isoformat()}
+    assert derive_state(alive, now=now, this_host="here") == "running"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert derive_state({**alive, "pid": dead.pid}, now=now, this_host="here") == "crashed"
+    stale = {**alive, "heartbeat_at": (now - timedelta(seconds=60)).isoformat()}
+    assert derive_state(stale, now=now, this_host="here") == "crashed"
+    elsewhere = {**alive, "host": "other-box", "pid": dead.pid}  # pid of another host is not ours to check
+    assert derive_state(elsewhere, now=now, this_host="here") == "running"
+    for final in ("finished", "failed", "stopped", "diverged", "queued"):
+        assert derive_state({**alive, "pid": dead.pid, "state": final}, now=now, this_host="here") == final
+
+
+def test_existing_run_dir_config_is_the_configuration(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    rd.write_config(resolve(["quickstart", "digits"], [*FAST, "optim.epochs=1"]).to_toml())
+    conflict = engine_cli("--run-dir", str(rd.path), "--set", "optim.epochs=3")
+    assert conflict.returncode == 2 and "config.toml exists" in conflict.stderr
+    printed = engine_cli("--run-dir", str(rd.path), "--print-config")
+    assert printed.returncode == 0 and tomllib.loads(printed.stdout)["optim"]["epochs"] == 1
+    rd.config.write_text("[optim]\nepochs = 0\n")
+    invalid = engine_cli("--run-dir", str(rd.path))
+    assert invalid.returncode == 2
+    assert invalid.stderr.strip() == f"error: {rd.config}: optim.epochs = 0: Input should be greater than or equal to 1"
+
+
+@pytest.mark.parametrize("argv", [["--loss_margin_betta", "0.6"], ["--sourc", "x"], ["stray"]])
+def test_unknown_or_abbreviated_flags_are_errors(argv):
+    result = engine_cli(*argv, "--print-config")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
