@@ -179,6 +179,8 @@ class Trainer:
             **losses.params_from_config(cfg.loss, cfg.loss.name),
         ).to(self.device)
         self.optimizer = self._optimizer()
+        if cfg.log.online:
+            log.warning("log.online is set, but W&B logging is not part of this engine version yet; metrics go to metrics.jsonl only")
         milestones = cfg.optim.tau if cfg.optim.scheduler == "step" else []
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=cfg.optim.gamma)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)

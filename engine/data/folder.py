@@ -141,7 +141,10 @@ class ImageDataset(Dataset):
         if in_memory:
             # A cache shared between the datasets of one run decodes each file once.
             cache = {} if cache is None else cache
-            self._decoded = [cache.setdefault(p, load_rgb(p)) for p in images.paths]
+            for path in images.paths:
+                if path not in cache:
+                    cache[path] = load_rgb(path)
+            self._decoded = [cache[p] for p in images.paths]
 
     def __len__(self) -> int:
         return len(self.images)
