@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.metrics.names import display_name
+
 
 def eval_records(records: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
     return [r for r in records if r.get("kind") == "eval" and r.get("split") == split]
@@ -21,12 +23,14 @@ def before_after_rows(records: list[dict[str, Any]], *, split: str = "test", sel
     if untrained:
         rows.append({"label": "untrained network", "epoch": 0, "metrics": untrained[-1]["metrics"]})
     if trained:
-        scored = [r for r in trained if isinstance(r["metrics"].get(select), (int, float))]
-        if scored:
-            best = max(scored, key=lambda r: (r["metrics"][select], -r["epoch"]))
-            rows.append({"label": f"trained (best {select})", "epoch": best["epoch"], "metrics": best["metrics"]})
         last = trained[-1]
-        rows.append({"label": "trained (last epoch)", "epoch": last["epoch"], "metrics": last["metrics"]})
+        scored = [r for r in trained if isinstance(r["metrics"].get(select), (int, float))]
+        best = max(scored, key=lambda r: (r["metrics"][select], -r["epoch"])) if scored else last
+        if best is last:
+            rows.append({"label": "trained (best = last epoch)", "epoch": last["epoch"], "metrics": last["metrics"]})
+        else:
+            rows.append({"label": f"trained (best {display_name(select)})", "epoch": best["epoch"], "metrics": best["metrics"]})
+            rows.append({"label": "trained (last epoch)", "epoch": last["epoch"], "metrics": last["metrics"]})
     return rows
 
 

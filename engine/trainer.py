@@ -34,6 +34,7 @@ from engine.config.schema import Config
 from engine.data import ImageDataset, build_transform, create_splits
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
 from engine.io import atomic_torch_save
+from engine.metrics import display_name
 from engine.models import backbone_info, create_model
 from engine.rundir import Heartbeat, RunDir, now_iso
 
@@ -339,7 +340,7 @@ class Trainer:
                 self.scheduler.step()
                 self.run_dir.update_status(epoch=epoch, step=self.step, best=self.best)
                 log.info(
-                    "epoch %d/%d loss %.4f (%.1fs) | %s",
+                    "epoch %d/%d loss %.4f %.1fs | %s",
                     epoch, cfg.optim.epochs, figures["loss"], figures["epoch_time_s"], _fmt_results(results) or "no evaluation",
                 )
         return Outcome("finished", self.epoch, self.best)
@@ -356,7 +357,7 @@ def _progress():
 
 
 def _fmt(values: dict[str, Any]) -> str:
-    return " ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+    return " ".join(f"{display_name(k)} {v:.3f}" for k, v in values.items() if isinstance(v, float))
 
 
 def _fmt_results(results: dict[str, dict[str, Any]]) -> str:

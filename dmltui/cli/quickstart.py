@@ -13,6 +13,7 @@ from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.results import before_after_rows, scalar_metric_names
 from engine.config.presets import ConfigError, resolve
+from engine.metrics.names import display_name
 from engine.rundir import RunDir
 
 STATE_EXIT = {"finished": ExitCode.OK, "stopped": ExitCode.INTERRUPTED}
@@ -41,7 +42,7 @@ def quickstart(
         table.add_column("embedding")
         table.add_column("epoch", justify="right")
         for name in names:
-            table.add_column(name, justify="right")
+            table.add_column(display_name(name), justify="right")
         for row in rows:
             cells = [f"{row['metrics'][n]:.3f}" if isinstance(row["metrics"].get(n), (int, float)) else "-" for n in names]
             table.add_row(row["label"], "" if row["epoch"] is None else str(row["epoch"]), *cells)

@@ -65,13 +65,14 @@ from engine.metrics.clustering import nmi, pair_f1
 from engine.metrics.dists import inter_class_distance, intra_class_distance
 from engine.metrics.lloyd import assign, kmeans
 from engine.metrics.neighbours import knn
-from engine.metrics.names import MetricSpec, check_metric_name, list_metrics, parse_metric_name
+from engine.metrics.names import MetricSpec, check_metric_name, display_name, list_metrics, parse_metric_name
 from engine.metrics.retrieval import retrieval_pass
 from engine.metrics.spectrum import rho_spectrum, singular_values
 
 __all__ = [
     "assign",
     "check_metric_name",
+    "display_name",
     "cluster",
     "compute_metrics",
     "evaluate",

@@ -98,3 +98,14 @@ def parse_metric_name(name: str) -> MetricSpec:
 def check_metric_name(name: str) -> None:
     """Raise ValueError with a one-line message when *name* is not an accepted metric name."""
     parse_metric_name(name)
+
+
+_SHORT = {"e_recall": "R", "c_recall": "cR"}
+
+
+def display_name(name: str) -> str:
+    """Compact label for tables and logs: e_recall@1 -> R@1, nmi -> NMI, f1 -> F1; others unchanged."""
+    base, sep, k = name.partition("@")
+    if sep and base in _SHORT:
+        return f"{_SHORT[base]}@{k}"
+    return {"nmi": "NMI", "f1": "F1", "c_nmi": "cNMI", "c_f1": "cF1"}.get(name, name)
