@@ -76,7 +76,10 @@ def resolve_from_args(args: argparse.Namespace) -> ResolvedConfig:
     overrides, warnings = legacy_overrides(legacy)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return resolve([*args.preset, *args.config], args.set, base=overrides, base_source="legacy flags")
+    resolved = resolve([*args.preset, *args.config], args.set, base=overrides, base_source="legacy flags")
+    for warning in resolved.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return resolved
 
 
 def main(argv: list[str] | None = None) -> int:

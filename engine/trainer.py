@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from engine import losses, miners, samplers
+from engine import losses, samplers
 from engine.config.schema import Config
 from engine.data import ImageDataset, build_transform, create_splits
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
@@ -171,14 +171,7 @@ class Trainer:
         self.model = create_model(
             cfg.model.arch, embed_dim=cfg.model.embed_dim, pretrained=cfg.model.pretrained, weights_path=cfg.model.weights_path
         ).to(self.device)
-        miner = miners.create(cfg.miner.name, **miners.params_from_config(cfg.miner, cfg.miner.name))
-        self.criterion = losses.create(
-            cfg.loss.name,
-            num_classes=self.num_classes,
-            embed_dim=cfg.model.embed_dim,
-            miner=miner if losses.LOSSES.get(cfg.loss.name).REQUIRES_MINER else None,
-            **losses.params_from_config(cfg.loss, cfg.loss.name),
-        ).to(self.device)
+        self.criterion = losses.from_config(cfg, self.num_classes).to(self.device)
         self.optimizer = self._optimizer()
         if cfg.log.online:
             log.warning("log.online is set, but W&B logging is not part of this engine version yet; metrics go to metrics.jsonl only")

@@ -94,10 +94,10 @@ def validate(
     report = []
     for target in targets:
         try:
-            resolve(target, library=library)
-            report.append({"preset": target, "ok": True, "errors": []})
+            result = resolve(target, library=library)
+            report.append({"preset": target, "ok": True, "errors": [], "warnings": result.warnings})
         except ConfigError as error:
-            report.append({"preset": target, "ok": False, "errors": error.lines})
+            report.append({"preset": target, "ok": False, "errors": error.lines, "warnings": []})
     if as_json:
         print_json(report)
     else:
@@ -106,6 +106,8 @@ def validate(
                 stdout.print(f"[green]ok[/]      {entry['preset']}")
             for line in entry["errors"]:
                 print(f"error: {line}", file=sys.stderr)
+            for line in entry["warnings"]:
+                print(f"warning: {line}", file=sys.stderr)
     if not all(entry["ok"] for entry in report):
         raise typer.Exit(int(ExitCode.USAGE))
 

@@ -29,6 +29,8 @@ def quickstart(
         resolved = resolve(preset, overrides or [], library=home.preset_library())
     except ConfigError as error:
         fail(error.lines, ExitCode.USAGE)
+    for warning in resolved.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     record = run_ops.prepare_run(resolved, name=preset)
     print(f"run {record['id']} -> {record['run_dir']}", file=sys.stderr)
     run_ops.run_foreground(record)

@@ -108,6 +108,7 @@ class ResolvedConfig:
     description: str = ""
     seeds: list[int] | None = None
     preset: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.config.to_dict())
@@ -231,6 +232,7 @@ def resolve(
         tree = deep_merge(tree, update)
     config = validate_tree(tree, composer.sources)
     return ResolvedConfig(
+        warnings=config_warnings(config, composer.sources),
         config=config,
         chain=composer.chain,
         sources=composer.sources,
@@ -238,6 +240,18 @@ def resolve(
         seeds=meta.get("seeds"),
         preset=names[-1] if names else None,
     )
+
+
+def config_warnings(config: Config, sources: dict[str, str]) -> list[str]:
+    """Valid but probably unintended settings (one line each)."""
+    from engine import losses
+
+    warnings = []
+    if "miner.name" in sources and not losses.uses_miner(config.loss.name):
+        warnings.append(
+            f"{sources['miner.name']}: miner.name={config.miner.name!r} is ignored: loss {config.loss.name!r} does not use a miner"
+        )
+    return warnings
 
 
 def validate_tree(tree: dict[str, Any], sources: dict[str, str] | None = None) -> Config:

@@ -28,10 +28,17 @@ def list_losses() -> list[str]:
     return LOSSES.names()
 
 
-def params_from_config(loss_config, name: str) -> dict[str, Any]:
-    """The ``loss.<name>`` section as keyword arguments ({} for losses without parameters)."""
-    section = getattr(loss_config, name, None)
-    return section.model_dump() if section is not None else {}
+def from_config(config, num_classes: int) -> DMLLoss:
+    """The loss of a full :class:`~engine.config.schema.Config`, with its miner when it uses one."""
+    from engine import miners
+
+    loss_cls = LOSSES.get(config.loss.name)
+    miner = miners.from_config(config) if loss_cls.REQUIRES_MINER else None
+    return loss_cls.from_config(config, num_classes, miner)
+
+
+def uses_miner(loss_name: str) -> bool:
+    return LOSSES.get(loss_name).REQUIRES_MINER
 
 
 def check_miner_compatibility(loss_name: str, miner_name: str) -> None:
@@ -45,6 +52,16 @@ def check_miner_compatibility(loss_name: str, miner_name: str) -> None:
         raise ValueError(f"miner.name={miner_name!r} cannot feed loss.name={loss_name!r}; allowed miners: {', '.join(allowed)}")
 
 
-from engine.losses import margin  # noqa: E402,F401  (registration)
+def _register_builtin() -> None:
+    """Import every module of this package: each registers its loss by name."""
+    import importlib
+    import pkgutil
 
-__all__ = ["LOSSES", "DMLLoss", "check_miner_compatibility", "create", "list_losses", "params_from_config"]
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_builtin()
+
+__all__ = ["LOSSES", "DMLLoss", "check_miner_compatibility", "create", "from_config", "list_losses", "uses_miner"]

@@ -36,6 +36,13 @@ class DMLLoss(nn.Module):
         self.embed_dim = embed_dim
         self.miner = miner
 
+    @classmethod
+    def from_config(cls, config, num_classes: int, miner: Miner | None) -> DMLLoss:
+        """Build from a full config; by default from the ``loss.<name>`` section (if any)."""
+        section = getattr(config.loss, cls.name, None)
+        params = section.model_dump() if section is not None else {}
+        return cls(num_classes, config.model.embed_dim, miner, **params)
+
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         """Optimizer groups of the loss's own parameters (none by default)."""
         return []

@@ -21,12 +21,21 @@ def list_miners() -> list[str]:
     return MINERS.names()
 
 
-def params_from_config(miner_config, name: str) -> dict[str, Any]:
-    """The ``miner.<name>`` section as keyword arguments ({} for miners without parameters)."""
-    section = getattr(miner_config, name, None)
-    return section.model_dump() if section is not None else {}
+def from_config(config) -> Miner:
+    """The miner of a full :class:`~engine.config.schema.Config` (``miner.name`` + its section)."""
+    return MINERS.get(config.miner.name).from_config(config)
 
 
-from engine.miners import distance  # noqa: E402,F401  (registration)
+def _register_builtin() -> None:
+    """Import every module of this package: each registers its miner by name."""
+    import importlib
+    import pkgutil
 
-__all__ = ["MINERS", "Miner", "Triplets", "create", "list_miners", "params_from_config"]
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+_register_builtin()
+
+__all__ = ["MINERS", "Miner", "Triplets", "create", "from_config", "list_miners"]

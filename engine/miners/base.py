@@ -25,6 +25,23 @@ class Triplets:
         return Triplets(none, none, none)
 
 
+@dataclass(frozen=True)
+class AnchorSets:
+    """Per-anchor positive and negative sets as boolean masks over the batch.
+
+    ``npair`` miners put exactly one positive in each row; ``lifted`` miners every
+    same-class sample except the anchor. Ragged sets (a class drawn twice in a batch)
+    are just rows with more True entries, so losses stay vectorised.
+    """
+
+    anchors: torch.Tensor  # (A,) batch indices
+    positives: torch.Tensor  # (A, B) bool
+    negatives: torch.Tensor  # (A, B) bool
+
+    def __len__(self) -> int:
+        return int(self.anchors.numel())
+
+
 class Miner:
     """Turns a batch of embeddings and labels into tuples for a loss.
 
@@ -35,11 +52,17 @@ class Miner:
     name: ClassVar[str]
     OUTPUT: ClassVar[str] = "triplets"
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+    @classmethod
+    def from_config(cls, config) -> Miner:
+        """Build from a full config; by default from the ``miner.<name>`` section (if any)."""
+        section = getattr(config.miner, cls.name, None)
+        return cls(**section.model_dump()) if section is not None else cls()
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets | AnchorSets:
         with torch.no_grad():
             return self.mine(embeddings.detach().float(), labels)
 
-    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets:
+    def mine(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Triplets | AnchorSets:
         raise NotImplementedError
 
     def __repr__(self) -> str:
