@@ -22,7 +22,6 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,8 +142,11 @@ class Trainer:
         )
         train_tf = build_transform(cfg.data.augmentation, size, train=True, mean=backbone.mean, std=backbone.std)
         eval_tf = build_transform(cfg.data.augmentation, size, train=False, mean=backbone.mean, std=backbone.std)
-        cache: dict = {}
-        make = lambda images, tf: ImageDataset(images, tf, in_memory=cfg.data.in_memory, cache=cache)  # noqa: E731
+        cache: dict = {}  # shared, so an image in two splits is decoded once
+
+        def make(images, transform) -> ImageDataset:
+            return ImageDataset(images, transform, in_memory=cfg.data.in_memory, cache=cache)
+
         self.train_set = make(splits.train, train_tf)
         self.eval_sets: dict[str, ImageDataset] = {"test": make(splits.test, eval_tf)}
         if splits.val is not None:

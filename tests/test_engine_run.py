@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import tomllib
-from pathlib import Path
 
 import pytest
 import torch
@@ -102,7 +101,7 @@ def test_state_goes_queued_running_finished_and_reaches_the_store(tiny_cub, isol
 def test_divergence_stops_the_run_with_state_diverged(tmp_path, monkeypatch):
     from engine.losses.margin import MarginLoss
 
-    monkeypatch.setattr(MarginLoss, "compute", lambda self, e, l: e.sum() * float("nan"))
+    monkeypatch.setattr(MarginLoss, "compute", lambda self, embeddings, labels: embeddings.sum() * float("nan"))
     outcome = trainer.run(digits_config(), tmp_path / "run", show_progress=False)
     assert outcome.state == "diverged"
     status = RunDir(tmp_path / "run").read_status()

@@ -9,7 +9,6 @@ import types
 import pytest
 
 import engine
-from engine.config.presets import deep_merge
 from engine.config.legacy import (
     ARGUMENT_GROUP_TITLE,
     LEGACY_FLAGS,
@@ -20,6 +19,7 @@ from engine.config.legacy import (
     legacy_overrides,
     parse_legacy_argv,
 )
+from engine.config.presets import deep_merge
 
 # Written by hand from the original's parameters.py (inventory §2), independently of the table:
 # a wrong key in LEGACY_FLAGS fails here.

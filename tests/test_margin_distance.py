@@ -21,7 +21,7 @@ class FixedMiner(Miner):
     def mine(self, embeddings, labels):
         if not self.triplets:
             return Triplets.empty(embeddings.device)
-        a, p, n = (torch.tensor(t) for t in zip(*self.triplets))
+        a, p, n = (torch.tensor(t) for t in zip(*self.triplets, strict=True))
         return Triplets(a, p, n)
 
 

@@ -16,7 +16,6 @@ import engine.metrics as M
 from engine.metrics import check_metric_name, compute_metrics, evaluate, list_metrics
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensors: a single intra-op thread avoids OpenMP stalls on a busy 2-core machine."""

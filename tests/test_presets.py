@@ -220,3 +220,58 @@ def test_engine_refuses_invalid_config_and_launches_nothing(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --set loss.margin.beta: loss.margin.beta = 'abc': Input should be a valid number, unable to parse string as a number"
     assert not run_dir.exists()
+
+
+# ------------------------------------------------------------------ the paper's run families
+
+PAPER_METHODS = [
+    "npair", "genlifted", "angular", "proxynca", "histogram", "contrastive-d", "softtriple", "arcface", "triplet-r",
+    "triplet-s", "triplet-h", "triplet-d", "quadruplet-d", "margin-b06-d", "margin-b12-d", "snr-d", "multisimilarity",
+    "softmax", "r-contrastive", "r-margin-b06", "r-margin-b12", "r-triplet", "r-snr",
+]
+
+
+@pytest.mark.parametrize("method", PAPER_METHODS)
+@pytest.mark.parametrize("dataset", ["cub200", "cars196", "online_products"])
+def test_every_paper_method_composes_with_every_dataset(method, dataset):
+    config = resolve([method, dataset], library=library()).config
+    assert config.data.dataset == dataset and config.optim.epochs == (100 if dataset == "online_products" else 150)
+    assert config.sampler.batch_size == 112 and config.sampler.samples_per_class == 2 and config.optim.lr == 1e-5
+    unnormalised = method in ("npair", "genlifted", "angular")
+    assert config.model.arch == ("resnet50_frozen" if unnormalised else "resnet50_frozen_normalize")
+
+
+@pytest.mark.parametrize(
+    ("method", "cp"),
+    [("r-contrastive", (0.4, 0.35, 0.15)), ("r-margin-b06", (0.4, 0.35, 0.15)), ("r-margin-b12", (0.35, 0.35, 0.15)),
+     ("r-triplet", (0.4, 0.35, 0.15)), ("r-snr", (0.3, 0.35, 0.15))],
+)
+def test_rho_flip_probability_per_method_and_dataset(method, cp):
+    got = tuple(resolve([method, d], library=library()).config.miner.rho_distance.cp for d in ("cub200", "cars196", "online_products"))
+    assert got == cp
+    assert resolve([method, "cub200"], library=library()).config.miner.name == "rho_distance"
+
+
+def test_sop_specific_values_and_their_sources():
+    sop = resolve(["histogram", "online_products"], library=library())
+    assert sop.config.loss.histogram.nbins == 11 and sop.sources["loss.histogram.nbins"].endswith("online_products.toml")
+    assert resolve(["histogram", "cub200"], library=library()).config.loss.histogram.nbins == 65
+    assert resolve(["softmax", "online_products"], library=library()).config.loss.softmax.lr == 0.002
+    assert resolve(["softmax", "cars196"], library=library()).config.loss.softmax.lr == 1e-5
+    snr = resolve(["snr-d", "cub200"], library=library()).config
+    assert snr.loss.snr.reg_lambda == 0.0 and snr.miner.name == "distance"
+    assert resolve(["margin-b06-d", "cub200"], library=library()).config.loss.margin.beta == 0.6
+
+
+def test_dataset_tables_apply_last_among_presets_but_before_overrides():
+    resolved = resolve(["r-snr", "cub200"], library=library())
+    assert resolved.sources["miner.rho_distance.cp"].endswith("r-snr.toml [datasets.cub200]")
+    assert resolve(["r-snr", "cub200"], ["miner.rho_distance.cp=0.5"], library=library()).config.miner.rho_distance.cp == 0.5
+    switched = resolve(["r-snr", "cub200"], ["data.dataset=cars196"], library=library()).config
+    assert switched.miner.rho_distance.cp == 0.4  # cub200.toml's value; the CUB-only table no longer applies
+
+
+def test_dataset_tables_check_dataset_names(tmp_path):
+    write(tmp_path, "t", "[datasets.cub201.optim]\nepochs = 3\n")
+    with pytest.raises(ConfigError, match=r"datasets.cub201: unknown dataset 'cub201' \(did you mean 'cub200'\?\)"):
+        resolve("t", library=library(tmp_path))

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from dmltui import home
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
-from engine.config.presets import ConfigError, display_path, flatten, resolve
+from engine.config.presets import ConfigError, PresetNotFound, display_path, flatten, resolve
 
 app = typer.Typer(help="Run presets: composable TOML files.", no_args_is_help=True)
 
@@ -64,9 +64,10 @@ def show(
     try:
         entry = _describe(name)
         result = resolve(name, overrides or [], library=home.preset_library()) if resolved or overrides else None
+    except PresetNotFound as error:
+        fail(error.lines, ExitCode.NOT_FOUND)
     except ConfigError as error:
-        code = ExitCode.NOT_FOUND if str(error).startswith(("unknown preset", "preset file")) else ExitCode.USAGE
-        fail(error.lines, code)
+        fail(error.lines, ExitCode.USAGE)
     if as_json:
         payload = {k: entry[k] for k in ("name", "path", "description", "extends", "seeds")}
         payload["config"] = result.config.to_dict() if result else entry["raw"]

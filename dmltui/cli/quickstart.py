@@ -12,7 +12,7 @@ from dmltui import home
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.results import before_after_rows, scalar_metric_names
-from engine.config.presets import ConfigError, resolve
+from engine.config.presets import ConfigError, PresetNotFound, resolve
 from engine.metrics.names import display_name
 from engine.rundir import RunDir
 
@@ -27,6 +27,8 @@ def quickstart(
     """Train the quickstart preset (embedded glyphs, small CNN, CPU) and compare it with raw pixels and the untrained network."""
     try:
         resolved = resolve(preset, overrides or [], library=home.preset_library())
+    except PresetNotFound as error:
+        fail(error.lines, ExitCode.NOT_FOUND)
     except ConfigError as error:
         fail(error.lines, ExitCode.USAGE)
     for warning in resolved.warnings:

@@ -9,6 +9,12 @@ A preset file holds config sections plus three optional top-level keys::
     [loss]
     name = "margin"
 
+    [datasets.cub200.miner.rho_distance]   # applies only when the resolved dataset is cub200
+    cp = 0.35
+
+Order of application: presets (extends first, then each file), then the ``datasets.<name>``
+tables of the resolved dataset (the most specific values: a method's tuning for one
+dataset), then legacy flags, then ``--set``.
 Overrides (``--set loss.margin.beta=0.6``) apply on top; values are TOML literals
 (``0.6``, ``true``, ``[1, 2]``, ``"text"``), and a bare word is taken as a string.
 Every error is one line naming the source (file or ``--set``), the dotted key, the
@@ -26,10 +32,10 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
-from engine.config.schema import Config
+from engine.config.schema import Config, DataConfig
 from engine.registry import did_you_mean
 
-META_KEYS = ("description", "extends", "seeds")
+META_KEYS = ("description", "extends", "seeds", "datasets")
 OVERRIDE_SOURCE = "--set"
 DEFAULT_SOURCE = "defaults"
 
@@ -40,6 +46,10 @@ class ConfigError(ValueError):
     def __init__(self, lines: list[str] | str):
         self.lines = [lines] if isinstance(lines, str) else list(lines)
         super().__init__("\n".join(self.lines))
+
+
+class PresetNotFound(ConfigError):
+    """No preset of that name or path."""
 
 
 def bundled_presets_dir() -> Path:
@@ -77,14 +87,14 @@ class PresetLibrary:
             if not path.is_absolute() and relative_to is not None and (relative_to / path).is_file():
                 path = relative_to / path
             if not path.is_file():
-                raise ConfigError(f"preset file {name} does not exist")
+                raise PresetNotFound(f"preset file {name} does not exist")
             return path
         folders = ([relative_to] if relative_to else []) + self.search_path
         for folder in folders:
             candidate = folder / f"{name}.toml"
             if candidate.is_file():
                 return candidate
-        raise ConfigError(
+        raise PresetNotFound(
             f"unknown preset {name!r}{did_you_mean(name, self.names())}; available: {', '.join(self.names()) or 'none'}"
         )
 
@@ -162,6 +172,7 @@ class _Composer:
         self.library = library
         self.chain: list[str] = []
         self.sources: dict[str, str] = {}
+        self.conditional: list[tuple[str, dict[str, Any], str]] = []  # (dataset, tree, source)
 
     def layer(self, tree: dict[str, Any], source: str) -> None:
         for key in flatten(tree):
@@ -191,6 +202,7 @@ class _Composer:
             raise ConfigError(f"{shown}: seeds = {seeds!r}: expected a list of integers")
         if "description" in raw and not isinstance(raw["description"], str):
             raise ConfigError(f"{shown}: description = {raw['description']!r}: expected a string")
+        conditional = self._dataset_tables(raw.get("datasets", {}), shown)
         tree: dict[str, Any] = {}
         meta: dict[str, Any] = {}
         for parent in extends:
@@ -200,8 +212,23 @@ class _Composer:
         own = {k: v for k, v in raw.items() if k not in META_KEYS}
         self.layer(own, shown)
         self.chain.append(shown)
+        self.conditional.extend(conditional)
         meta.update({k: raw[k] for k in ("description", "seeds") if k in raw})
         return deep_merge(tree, own), meta
+
+    @staticmethod
+    def _dataset_tables(tables: Any, shown: str) -> list[tuple[str, dict[str, Any], str]]:
+        from engine import data
+
+        if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
+            raise ConfigError(f"{shown}: datasets = {tables!r}: expected tables [datasets.<dataset>.<section>]")
+        known = data.list_datasets()
+        for name in tables:
+            if name not in known:
+                raise ConfigError(
+                    f"{shown}: datasets.{name}: unknown dataset {name!r}{did_you_mean(name, known)}; allowed: {', '.join(known)}"
+                )
+        return [(name, tree, f"{shown} [datasets.{name}]") for name, tree in tables.items()]
 
 
 def resolve(
@@ -222,12 +249,20 @@ def resolve(
         layer_tree, layer_meta = composer.load(name, None, ())
         tree = deep_merge(tree, layer_tree)
         meta.update(layer_meta)
+    updates = [(key, nest(key, value)) for key, value in map(parse_override, overrides or [])]
+    final = deep_merge(tree, base or {})
+    for _, update in updates:
+        final = deep_merge(final, update)
+    data_section = final.get("data")
+    dataset = (data_section.get("dataset") if isinstance(data_section, dict) else None) or DataConfig().dataset
+    for table_dataset, table, source in composer.conditional:
+        if table_dataset == dataset:
+            composer.layer(table, source)
+            tree = deep_merge(tree, table)
     if base:
         composer.layer(base, base_source)
         tree = deep_merge(tree, base)
-    for text in overrides or []:
-        key, value = parse_override(text)
-        update = nest(key, value)
+    for key, update in updates:
         composer.layer(update, f"{OVERRIDE_SOURCE} {key}")
         tree = deep_merge(tree, update)
     config = validate_tree(tree, composer.sources)

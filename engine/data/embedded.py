@@ -45,7 +45,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, cache
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +165,7 @@ def _font_dir() -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font_cmap(path: str) -> frozenset[int]:
     from fontTools.ttLib import TTFont
 
@@ -176,7 +176,7 @@ def _font_cmap(path: str) -> frozenset[int]:
         font.close()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font_paths() -> tuple[str, ...]:
     d = _font_dir()
     paths = tuple(str(d / f) for f in GLYPH_FONT_FILES if (d / f).is_file())
@@ -193,7 +193,7 @@ def _class_name(ch: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", unicodedata.name(ch).lower().replace(" ", "_"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def glyph_characters() -> tuple[tuple[str, tuple[int, ...]], ...]:
     """The glyph classes in their fixed (unshuffled) order, with the fonts that draw them.
 
@@ -228,7 +228,7 @@ def glyph_characters() -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pil_font(path: str, size: int):
     from PIL import ImageFont
 
@@ -312,7 +312,7 @@ def _build_digits(dest: Path, seed: int) -> list[str]:
     classes = [f"{d + 1:03d}.digit_{d}" for d in range(10)]
     for folder in classes:
         (images / folder).mkdir(parents=True)
-    for i, (img, label) in enumerate(zip(pixels, bunch.target)):
+    for i, (img, label) in enumerate(zip(pixels, bunch.target, strict=True)):
         _save_png(Image.fromarray(img, mode="L"), images / classes[int(label)] / f"{i:04d}.png")
     return classes
 

@@ -64,8 +64,8 @@ import torch.nn.functional as F
 from engine.metrics.clustering import nmi, pair_f1
 from engine.metrics.dists import inter_class_distance, intra_class_distance
 from engine.metrics.lloyd import assign, kmeans
-from engine.metrics.neighbours import knn
 from engine.metrics.names import MetricSpec, check_metric_name, display_name, list_metrics, parse_metric_name
+from engine.metrics.neighbours import knn
 from engine.metrics.retrieval import retrieval_pass
 from engine.metrics.spectrum import rho_spectrum, singular_values
 
