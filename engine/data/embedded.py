@@ -45,7 +45,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache, cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
