@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.metrics.names import display_name
+
+def display_name(metric: str) -> str:
+    from engine.metrics.names import display_name as short  # deferred: engine.metrics loads torch
+
+    return short(metric)
 
 
 def eval_records(records: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

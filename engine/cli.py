@@ -25,7 +25,7 @@ from engine.registry import did_you_mean
 from engine.rundir import RunDir
 
 EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 1, "stopped": 130}
-_OWN_OPTIONS = ("preset", "config", "set", "run_dir", "print_config")
+_OWN_OPTIONS = ("preset", "config", "set", "run_dir", "print_config", "resume")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. loss.margin.beta=0.6")
     own.add_argument("--run-dir", metavar="DIR", help="run directory (uses DIR/config.toml when it exists)")
     own.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    own.add_argument("--resume", action="store_true", help="continue the run in --run-dir from checkpoints/last.pt")
     add_legacy_arguments(parser)
     return parser
 
@@ -112,7 +113,14 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(tomli_w.dumps(config.to_dict()))
         return 0
-    from engine.trainer import run  # deferred: torch and friends load only when training
+    if args.resume and (run_dir is None or not RunDir(run_dir).exists()):
+        print("error: --resume needs --run-dir DIR of an existing run (with config.toml)", file=sys.stderr)
+        return 2
+    from engine.trainer import ResumeError, run  # deferred: torch and friends load only when training
 
-    outcome = run(config, run_dir or default_run_dir(config))
+    try:
+        outcome = run(config, run_dir or default_run_dir(config), resume=args.resume)
+    except ResumeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return EXIT_CODES[outcome.state]

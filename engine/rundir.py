@@ -16,6 +16,7 @@ written: readers derive it from a dead pid or a stale heartbeat.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -67,11 +68,16 @@ class RunDir:
         """Merge *fields* into status.json (atomic rewrite; safe across threads of one process)."""
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"state {fields['state']!r} is not one of {', '.join(STATES)}")
-        with self._lock:
-            status = self.read_status()
-            status.update(fields, version=STATUS_VERSION)
-            atomic_write_json(self.status, status)
-            return status
+        with self._lock:  # threads of this process (the heartbeat)...
+            directory = os.open(self.path, os.O_RDONLY)
+            try:
+                fcntl.flock(directory, fcntl.LOCK_EX)  # ...and other processes (launcher, run manager)
+                status = self.read_status()
+                status.update(fields, version=STATUS_VERSION)
+                atomic_write_json(self.status, status)
+                return status
+            finally:
+                os.close(directory)
 
     # --- metrics ----------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -79,6 +85,11 @@ class RunDir:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.metrics)
+
+    def keep_metrics_until(self, epoch: int) -> None:
+        """Drop the records of epochs after *epoch* (a resume replays them); atomic rewrite."""
+        kept = [r for r in self.read_metrics() if r.get("epoch") is None or r["epoch"] <= epoch]
+        atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     # --- setup ------------------------------------------------------------------
     def write_config(self, toml_text: str) -> None:

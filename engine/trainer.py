@@ -121,6 +121,8 @@ class Trainer:
         self.epoch = 0
         self.step = 0
         self.best: dict[str, dict[str, Any]] = {}
+        self.epoch_losses: list[float] = []  # losses of the running epoch's finished batches
+        self.resume_batch = 0
 
     # ------------------------------------------------------------------ building
     def build(self) -> None:
@@ -221,7 +223,8 @@ class Trainer:
         results = {}
         for split, dataset in self.eval_sets.items():
             embeddings, labels = embed_dataset(self.model, dataset, batch_size=batch_size, device=self.device)
-            values, missing = evaluate_embeddings(embeddings, labels, cfg.metrics, seed=self.config.run.seed, on_gpu=cfg.on_gpu)
+            values, missing = evaluate_embeddings(embeddings, labels, cfg.metrics, seed=self.config.run.seed, on_gpu=cfg.on_gpu,
+                                                  backend=cfg.backend)
             record = {"kind": "eval", "epoch": epoch, "step": self.step, "split": split, "time": now_iso(), "metrics": values}
             if missing:
                 record["missing"] = missing
@@ -232,7 +235,8 @@ class Trainer:
     def log_raw_pixel_baseline(self) -> None:
         dataset = self.eval_sets["test"]
         pixels, labels = raw_pixels(dataset)
-        values, missing = evaluate_embeddings(pixels, labels, self.config.eval.metrics, seed=self.config.run.seed)
+        values, missing = evaluate_embeddings(pixels, labels, self.config.eval.metrics, seed=self.config.run.seed,
+                                             on_gpu=self.config.eval.on_gpu, backend=self.config.eval.backend)
         record = {"kind": "baseline", "name": "raw_pixels", "epoch": None, "step": 0, "split": "test", "time": now_iso(),
                   "metrics": values}
         if missing:
@@ -242,9 +246,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: ``epoch`` is the last completed epoch; a
+        checkpoint taken inside an epoch also records the batches already done in it."""
         return {
             "version": 1,
-            "epoch": self.epoch,
+            "epoch": self.epoch - 1 if self.epoch_losses else self.epoch,
+            "batch_in_epoch": len(self.epoch_losses),
+            "epoch_losses": list(self.epoch_losses),
             "step": self.step,
             "model": self.model.state_dict(),
             "loss": self.criterion.state_dict(),
@@ -259,6 +267,21 @@ class Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
         }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.resume_batch = state.get("batch_in_epoch", 0)
+        self.epoch_losses = list(state.get("epoch_losses", []))
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save_checkpoints(self, results: dict[str, dict[str, Any]]) -> None:
         state = None
@@ -275,12 +298,15 @@ class Trainer:
         atomic_torch_save(self.run_dir.checkpoints / "last.pt", state or self.state())
 
     # ------------------------------------------------------------------- training
-    def train_epoch(self, stop: StopRequested, progress) -> dict[str, float]:
+    def train_epoch(self, stop: StopRequested, progress) -> dict[str, float] | None:
+        """One epoch (or its rest, after a resume inside it); None when a stop cut it short."""
         self.model.train()
-        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, start_batch=self.resume_batch)
+        self.resume_batch = 0
         started = time.perf_counter()
-        losses_seen: list[float] = []
-        task = progress.add_task(f"epoch {self.epoch}/{self.config.optim.epochs}", total=len(self.sampler)) if progress else None
+        losses_seen = self.epoch_losses
+        total = len(self.sampler) + len(losses_seen)
+        task = progress.add_task(f"epoch {self.epoch}/{self.config.optim.epochs}", total=total, completed=len(losses_seen)) if progress else None
         for images, labels, _ in self.loader:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -296,9 +322,10 @@ class Trainer:
             if progress:
                 progress.update(task, advance=1, description=f"epoch {self.epoch}/{self.config.optim.epochs} loss {losses_seen[-1]:.4f}")
             if stop:
-                break
+                return None
         if progress:
             progress.remove_task(task)
+        self.epoch_losses = []
         figures = {
             "loss": float(np.mean(losses_seen)) if losses_seen else float("nan"),
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -311,24 +338,25 @@ class Trainer:
 
     def fit(self, stop: StopRequested) -> Outcome:
         cfg = self.config
-        self.run_dir.update_status(epoch=0, epochs=cfg.optim.epochs, step=0)
-        if cfg.eval.raw_pixel_baseline:
-            self.log_raw_pixel_baseline()
-        if cfg.eval.at_start:
-            results = self.evaluate(0)
-            log.info("epoch 0 (untrained): %s", _fmt_results(results))
+        self.run_dir.update_status(epoch=self.epoch, epochs=cfg.optim.epochs, step=self.step)
+        if self.epoch == 0 and not self.epoch_losses:  # a fresh run, not a resumed one
+            if cfg.eval.raw_pixel_baseline:
+                self.log_raw_pixel_baseline()
+            if cfg.eval.at_start:
+                results = self.evaluate(0)
+                log.info("epoch 0 (untrained): %s", _fmt_results(results))
         progress_cm = _progress() if self.show_progress else nullcontext(None)
         with progress_cm as progress:
             for epoch in range(self.epoch + 1, cfg.optim.epochs + 1):
                 self.epoch = epoch
                 figures = self.train_epoch(stop, progress)
+                if figures is None:
+                    atomic_torch_save(self.run_dir.checkpoints / "last.pt", self.state())
+                    log.info("stopped in epoch %d after %d batches; checkpoint written", epoch, len(self.epoch_losses))
+                    return Outcome("stopped", epoch - 1, self.best)
                 self.run_dir.append_metrics(
                     {"kind": "train", "epoch": epoch, "step": self.step, "split": "train", "time": now_iso(), "metrics": figures}
                 )
-                if stop:
-                    atomic_torch_save(self.run_dir.checkpoints / "last.pt", self.state())
-                    log.info("stopped during epoch %d; checkpoint written", epoch)
-                    return Outcome("stopped", epoch, self.best)
                 last = epoch == cfg.optim.epochs
                 results = self.evaluate(epoch) if last or epoch % cfg.eval.every == 0 else {}
                 self.save_checkpoints(results)
@@ -359,9 +387,27 @@ def _fmt_results(results: dict[str, dict[str, Any]]) -> str:
     return " | ".join(f"{split} {_fmt(values)}" for split, values in results.items())
 
 
-def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | None = None) -> Outcome:
-    """Train *config* into *run_dir*; always leaves a final state in status.json."""
+class ResumeError(RuntimeError):
+    """A run directory that cannot be resumed (no checkpoint, or a finished run)."""
+
+
+def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | None = None, resume: bool = False) -> Outcome:
+    """Train *config* into *run_dir*; always leaves a final state in status.json.
+
+    With ``resume``, training continues from ``checkpoints/last.pt`` exactly where it
+    stopped (model, optimizer, loss parameters, schedule, RNG states, sampler position);
+    metrics.jsonl records of the epochs after the checkpoint are dropped first.
+    """
     rd = RunDir(run_dir)
+    checkpoint = None
+    if resume:
+        last = rd.checkpoints / "last.pt"
+        if not last.is_file():
+            raise ResumeError(f"{last} does not exist: nothing to resume (the run never finished an epoch)")
+        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+        if checkpoint["epoch"] >= config.optim.epochs and not checkpoint.get("batch_in_epoch"):
+            raise ResumeError(f"{rd.path} already trained all {config.optim.epochs} epochs; nothing to resume")
+        rd.keep_metrics_until(checkpoint["epoch"])
     rd.path.mkdir(parents=True, exist_ok=True)
     rd.checkpoints.mkdir(exist_ok=True)
     if not rd.config.exists():
@@ -370,11 +416,15 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
         rd.write_config(tomli_w.dumps(config.to_dict()))
     setup_logging(rd, console=True)
     rd.write_env()
-    rd.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), started_at=now_iso(), ended_at=None, error=None)
+    started = {"resumed_at": now_iso()} if resume else {"started_at": now_iso()}
+    rd.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), ended_at=None, error=None, **started)
     trainer = Trainer(config, rd, show_progress=show_progress)
     with Heartbeat(rd), StopRequested() as stop:
         try:
             trainer.build()
+            if checkpoint is not None:
+                trainer.load_state(checkpoint)
+                log.info("resumed after epoch %d (batch %d of the next)", trainer.epoch, trainer.resume_batch)
             outcome = trainer.fit(stop)
         except Diverged as error:
             log.error("diverged: %s", error)

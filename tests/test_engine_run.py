@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +186,43 @@ def test_unknown_or_abbreviated_flags_are_errors(argv):
     result = engine_cli(*argv, "--print-config")
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def _comparable(run_dir: Path) -> list:
+    return [
+        (r["kind"], r["epoch"], r["split"], {k: v for k, v in r["metrics"].items() if k != "epoch_time_s"})
+        for r in RunDir(run_dir).read_metrics()
+    ]
+
+
+@pytest.mark.parametrize("stop_after_batches", [3, 4])  # 3 batches per epoch: at the boundary and inside epoch 2
+def test_resume_continues_exactly(tmp_path, monkeypatch, stop_after_batches):
+    config = digits_config("optim.epochs=3", "sampler.batch_size=256", "data.augmentation='small'", "eval.at_start=true")
+    trainer.run(config, tmp_path / "straight", show_progress=False)
+
+    calls = {"n": 0}
+
+    def stop_after(self) -> bool:
+        calls["n"] += 1
+        return calls["n"] >= stop_after_batches
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.StopRequested, "__bool__", stop_after)
+        first = trainer.run(config, tmp_path / "resumed", show_progress=False)
+    assert first.state == "stopped"
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["batch_in_epoch"]) == divmod(stop_after_batches, 3)
+    second = trainer.run(config, tmp_path / "resumed", show_progress=False, resume=True)
+    assert second.state == "finished" and second.epoch == 3
+    assert _comparable(tmp_path / "resumed") == _comparable(tmp_path / "straight")
+    status = RunDir(tmp_path / "resumed").read_status()
+    assert status["state"] == "finished" and status["resumed_at"] and status["best"] == first.best | second.best
+
+
+def test_resume_errors(tmp_path):
+    config = digits_config("optim.epochs=1")
+    with pytest.raises(trainer.ResumeError, match="nothing to resume"):
+        trainer.run(config, tmp_path / "fresh", show_progress=False, resume=True)
+    trainer.run(config, tmp_path / "done", show_progress=False)
+    with pytest.raises(trainer.ResumeError, match="already trained all 1 epochs"):
+        trainer.run(config, tmp_path / "done", show_progress=False, resume=True)

@@ -90,7 +90,8 @@ def test_list_metrics():
     assert list_metrics() == [
         "e_recall@<k>", "c_recall@<k>", "nmi", "c_nmi", "f1", "c_f1", "mAP_c", "c_mAP_c", "mAP_1000",
         "c_mAP_1000", "mAP_lim", "c_mAP_lim", "dists@intra", "dists@inter", "dists@intra_over_inter",
-        "rho_spectrum@<m>",
+        "precision_at_1", "c_precision_at_1", "r_precision", "c_r_precision", "map_at_r", "c_map_at_r",
+        "mean_reciprocal_rank", "c_mean_reciprocal_rank", "ami", "c_ami", "rho_spectrum@<m>",
     ]  # fmt: skip
 
 
@@ -352,9 +353,9 @@ def test_cosine_assignment_uses_normalised_centroids():
     rng = np.random.default_rng(14)
     z = torch.tensor(rng.normal(size=(300, 5)), dtype=torch.float32)
     unit = torch.nn.functional.normalize(z, dim=1)
-    c, _ = M.kmeans(unit, 7, seed=4)
+    c, _ = M.kmeans(unit, 7, seed=6)
     expected = (unit @ torch.nn.functional.normalize(c, dim=1).T).argmax(1)
-    assert torch.equal(M.cluster(z, 7, space="c", seed=4), expected)
+    assert torch.equal(M.cluster(z, 7, space="c", seed=6), expected)
     assert not torch.equal(expected, M.assign(unit, c)[0])  # the two rules differ on this data
 
 
@@ -370,8 +371,8 @@ def test_k_is_the_number_of_distinct_labels(monkeypatch):
     original = M.kmeans
     monkeypatch.setattr(M, "kmeans", lambda x, k, **kw: seen.append(k) or original(x, k, **kw))
     x, y = blobs(classes=3)
-    compute_metrics(x, y, ["nmi", "f1"])  # one k-means serves both
-    compute_metrics(x, y, ["c_nmi", "c_f1", "nmi"])  # one per space
+    compute_metrics(x, y, ["nmi", "f1"], backend="torch")  # one k-means serves both
+    compute_metrics(x, y, ["c_nmi", "c_f1", "nmi"], backend="torch")  # one per space
     assert seen == [3, 3, 3]
 
 

@@ -109,7 +109,7 @@ def test_json_schema_has_every_section_and_descriptions():
     [
         ("[loss.margin]\nbetta = 0.6\n", "bad.toml: unknown key loss.margin.betta (did you mean 'beta'?)"),
         ('[loss.margin]\nbeta = "high"\n', "bad.toml: loss.margin.beta = 'high': Input should be a valid number"),
-        ('[loss]\nname = "marign"\n', "bad.toml: loss.name = 'marign': unknown loss 'marign' (did you mean 'margin'?); allowed: margin"),
+        ('[loss]\nname = "marign"\n', "bad.toml: loss.name = 'marign': unknown loss 'marign' (did you mean 'margin'?); allowed: angular, arcface,"),
         ('[miner]\nname = "distanc"\n', "(did you mean 'distance'?)"),
         ('[data]\ndataset = "cub201"\n', "bad.toml: data.dataset = 'cub201': unknown dataset 'cub201' (did you mean 'cub200'?)"),
         ('[model]\narch = "resnet50_frozn"\n', "unknown modifier 'frozn' in architecture 'resnet50_frozn' (did you mean 'frozen'?)"),

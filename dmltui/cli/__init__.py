@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dmltui.cli import presets, quickstart, runs, schema
+from dmltui.cli import db, launch, presets, quickstart, runs, schema
 from dmltui.cli.common import ExitCode
 from dmltui.store import StoreBusy, StoreError
 
@@ -19,7 +19,12 @@ app = typer.Typer(
 )
 app.add_typer(presets.app, name="presets")
 app.add_typer(runs.app, name="runs")
+app.add_typer(db.app, name="db")
 app.command("quickstart")(quickstart.quickstart)
+app.command("run")(launch.run)
+app.command("sweep")(launch.sweep)
+app.command("import")(db.import_runs)
+app.command("doctor")(db.doctor)
 app.command("schema")(schema.schema)
 
 

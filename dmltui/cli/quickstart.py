@@ -11,9 +11,8 @@ from rich.table import Table
 from dmltui import home
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
-from dmltui.results import before_after_rows, scalar_metric_names
+from dmltui.results import before_after_rows, display_name, scalar_metric_names
 from engine.config.presets import ConfigError, PresetNotFound, resolve
-from engine.metrics.names import display_name
 from engine.rundir import RunDir
 
 STATE_EXIT = {"finished": ExitCode.OK, "stopped": ExitCode.INTERRUPTED}

@@ -1,22 +1,31 @@
-"""``dmltui runs``: read the run store."""
+"""``dmltui runs``: list, inspect, follow and manage recorded runs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import sys
+import time
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.live import Live
+from rich.table import Column, Table
 
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.results import display_name
+from engine.rundir import FINAL_STATES, RunDir
 
 app = typer.Typer(help="Runs recorded in the store.", no_args_is_help=True)
 
 STATE_STYLE = {"queued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
                "stopped": "magenta", "diverged": "red"}
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+IdArgument = Annotated[str, typer.Argument(help="run id (or a unique prefix of one)")]
 
 
-def _refreshed() -> list[dict]:
+def refreshed_runs() -> list[dict]:
+    """Every stored run, live ones reconciled with their run directories, newest first."""
     store = run_ops.open_store()
     records = []
     for record in store.all():
@@ -26,7 +35,7 @@ def _refreshed() -> list[dict]:
     return sorted(records, key=lambda r: r["created_at"], reverse=True)
 
 
-def _best(record: dict, metric: str = "e_recall@1") -> float | None:
+def best_value(record: dict, metric: str = "e_recall@1") -> float | None:
     for split in ("val", "test"):
         entry = record.get("best", {}).get(f"{split}/{metric}")
         if entry:
@@ -34,39 +43,211 @@ def _best(record: dict, metric: str = "e_recall@1") -> float | None:
     return None
 
 
+def _get(run_id: str) -> dict:
+    try:
+        return run_ops.find(run_id)
+    except KeyError:
+        fail(f"no run with id {run_id!r} (or the prefix matches several)", ExitCode.NOT_FOUND)
+
+
+def _matches(record: dict, state, preset, tag, dataset, text) -> bool:
+    haystack = " ".join([record["id"], record["name"], record.get("preset") or "", record.get("notes", ""),
+                         *record.get("tags", [])]).lower()
+    return (
+        (not state or record["state"] in state)
+        and (not preset or record.get("preset") == preset)
+        and (not tag or tag in record.get("tags", []))
+        and (not dataset or record["dataset"] == dataset)
+        and (not text or text.lower() in haystack)
+    )
+
+
+def _sort_key(field: str):
+    def key(record: dict) -> tuple:
+        if field in record and not isinstance(record[field], (dict, list)):
+            value = record[field]
+        else:
+            value = best_value(record, field)
+        return (value is None, value if value is not None else 0)
+
+    return key
+
+
 @app.command("list")
-def list_runs(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """List recorded runs, newest first, with their state reconciled from the run directories."""
-    records = _refreshed()
+def list_runs(
+    state: Annotated[list[str] | None, typer.Option("--state", help="only runs in this state; repeatable")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="only runs of this preset")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="only runs with this tag")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="substring of id, name, preset, tags or notes")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="a run field (created_at, name, state...) or a metric (e_recall@1)")] = "created_at",
+    ascending: Annotated[bool, typer.Option("--asc", help="ascending order")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List recorded runs with their state reconciled from the run directories."""
+    records = [r for r in refreshed_runs() if _matches(r, state, preset, tag, dataset, text)]
+    present = [r for r in records if _sort_key(sort)(r)[0] is False]
+    missing = [r for r in records if _sort_key(sort)(r)[0] is True]
+    records = sorted(present, key=_sort_key(sort), reverse=not ascending) + missing
     if as_json:
         print_json(records)
         return
-    table = Table("id", "name", "state", "dataset", "loss/miner", "epoch", "best R@1", box=None, pad_edge=False)
+    table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", "dataset", "loss/miner", "epoch", "R@1", "tags",
+                  box=None, pad_edge=False)
     for r in records:
-        best = _best(r)
+        best = best_value(r)
         table.add_row(
             r["id"], r["name"], f"[{STATE_STYLE.get(r['state'], 'white')}]{r['state']}[/]", r["dataset"],
             f"{r['loss']}/{r['miner']}", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
-            f"{best:.4f}" if best is not None else "-",
+            f"{best:.4f}" if best is not None else "-", ",".join(r.get("tags", [])),
         )
     stdout.print(table)
 
 
 @app.command("show")
-def show(run_id: str, as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Show one run's summary (state, best metrics and their epochs, run directory)."""
-    store = run_ops.open_store()
-    if store.get(run_id) is None:
-        fail(f"no run with id {run_id!r} in {store.path}", ExitCode.NOT_FOUND)
-    record = run_ops.reconcile(run_id, store)
+def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
+    """One run's summary: state, configuration source, best metrics and their epochs, run directory."""
+    record = _get(run_id)
     if as_json:
         print_json(record)
         return
-    for key in ("id", "name", "state", "preset", "dataset", "loss", "miner", "seed", "run_dir", "created_at",
-                "started_at", "ended_at", "error"):
-        if record.get(key) is not None:
+    for key in ("id", "name", "state", "preset", "dataset", "loss", "miner", "seed", "tags", "notes", "run_dir",
+                "created_at", "started_at", "ended_at", "error"):
+        if record.get(key) not in (None, "", []):
             stdout.print(f"[bold]{key:>10}[/] {record[key]}", highlight=False)
     table = Table("metric", "best", "epoch", box=None, pad_edge=False)
     for key, entry in sorted(record.get("best", {}).items()):
         table.add_row(key, f"{entry['value']:.4f}", str(entry["epoch"]))
     stdout.print(table)
+
+
+def _latest_table(records: list[dict]) -> Table:
+    table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", "epoch", "loss", "test metrics", box=None,
+                  pad_edge=False)
+    for record in records:
+        metrics = RunDir(record["run_dir"]).read_metrics()
+        train = [m for m in metrics if m.get("kind") == "train"]
+        evals = [m for m in metrics if m.get("kind") == "eval" and m.get("split") in ("val", "test")]
+        values = evals[-1]["metrics"] if evals else {}
+        shown = " ".join(f"{display_name(k)} {v:.3f}" for k, v in values.items() if isinstance(v, float))
+        table.add_row(record["id"], record["name"], f"[{STATE_STYLE.get(record['state'], 'white')}]{record['state']}[/]",
+                      f"{record.get('epoch') or 0}/{record.get('epochs') or '?'}",
+                      f"{train[-1]['metrics']['loss']:.4f}" if train else "-", shown or "-")
+    return table
+
+
+def follow_runs(run_ids: list[str], *, interval: float = 1.0) -> int:
+    """Live table of the runs' latest metrics until every one has ended; 0 when all finished."""
+    store = run_ops.open_store()
+    with Live(console=stdout, refresh_per_second=2, transient=False) as live:
+        while True:
+            records = [run_ops.reconcile(run_id, store) for run_id in run_ids]
+            live.update(_latest_table(records))
+            if all(r["state"] in FINAL_STATES for r in records):
+                break
+            time.sleep(interval)
+    return int(ExitCode.OK) if all(r["state"] == "finished" for r in records) else int(ExitCode.FAILED)
+
+
+@app.command("tail")
+def tail(run_id: IdArgument, as_json: Annotated[bool, typer.Option("--json", help="JSON lines as they arrive")] = False) -> None:
+    """Print the run's metric records as they arrive, until the run ends."""
+    record = _get(run_id)
+    if not as_json:
+        raise typer.Exit(follow_runs([record["id"]]))
+    seen = 0
+    while True:
+        records = RunDir(record["run_dir"]).read_metrics()
+        for line in records[seen:]:
+            sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
+        sys.stdout.flush()
+        seen = len(records)
+        record = run_ops.reconcile(record["id"])
+        if record["state"] in FINAL_STATES and seen == len(RunDir(record["run_dir"]).read_metrics()):
+            break
+        time.sleep(0.5)
+    raise typer.Exit(int(ExitCode.OK) if record["state"] == "finished" else int(ExitCode.FAILED))
+
+
+def _apply(operation, *args, **kwargs) -> Any:
+    try:
+        return operation(*args, **kwargs)
+    except run_ops.RunError as error:
+        fail(str(error), ExitCode.FAILED)
+
+
+@app.command("stop")
+def stop(
+    run_ids: Annotated[list[str], typer.Argument(help="run ids")],
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait after SIGTERM before SIGKILL")] = 30.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop runs: SIGTERM (the engine writes a checkpoint and ends 'stopped'), SIGKILL after the timeout."""
+    stopped = [_apply(run_ops.stop, _get(run_id), timeout=timeout) for run_id in run_ids]
+    if as_json:
+        print_json(stopped)
+    for record in stopped if not as_json else []:
+        stdout.print(f"{record['id']} {record['state']}", highlight=False)
+
+
+@app.command("resume")
+def resume(
+    run_id: IdArgument,
+    gpus: Annotated[str, typer.Option("--gpus", help="auto, cpu, or indices like 0,1")] = "auto",
+    as_json: JsonOption = False,
+) -> None:
+    """Continue a stopped, crashed or failed run from its last checkpoint (detached)."""
+    from dmltui.cli.launch import validate_gpus
+
+    record = _apply(run_ops.resume, _get(run_id), gpus=validate_gpus(gpus))
+    print_json(record) if as_json else stdout.print(f"{record['id']} {record['state']}", highlight=False)
+
+
+@app.command("rerun")
+def rerun(
+    run_id: IdArgument,
+    gpus: Annotated[str, typer.Option("--gpus", help="auto, cpu, or indices like 0,1")] = "auto",
+    name: Annotated[str | None, typer.Option("--name", help="name of the new run")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a new run with the same resolved configuration."""
+    from dmltui.cli.launch import validate_gpus
+
+    record = run_ops.rerun(_get(run_id), name=name)
+    run_ops.launch_detached(record, gpus=validate_gpus(gpus))
+    record = run_ops.reconcile(record["id"])
+    print_json(record) if as_json else stdout.print(f"{record['id']} {record['name']} {record['state']}", highlight=False)
+
+
+@app.command("rm")
+def remove(
+    run_ids: Annotated[list[str], typer.Argument(help="run ids")],
+    keep_files: Annotated[bool, typer.Option("--keep-files", help="forget the runs but keep their directories")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete runs from the store and (unless --keep-files) their run directories."""
+    records = [_get(run_id) for run_id in run_ids]
+    what = "forget" if keep_files else "delete (with their run directories)"
+    if not yes and not typer.confirm(f"{what} {len(records)} run(s): {', '.join(r['id'] for r in records)}?"):
+        raise typer.Exit(int(ExitCode.FAILED))
+    for record in records:
+        _apply(run_ops.remove, record, keep_files=keep_files)
+        print(f"removed {record['id']}", file=sys.stderr)
+
+
+@app.command("tag")
+def tag(
+    run_id: IdArgument,
+    tags: Annotated[list[str], typer.Argument(help="tags to add")],
+    remove_tags: Annotated[bool, typer.Option("--remove", help="remove these tags instead")] = False,
+) -> None:
+    """Add (or with --remove, remove) tags."""
+    record = _get(run_id)
+    record = run_ops.annotate(record, add_tags=[] if remove_tags else tags, remove_tags=tags if remove_tags else [])
+    stdout.print(f"{record['id']} tags: {', '.join(record['tags']) or '-'}", highlight=False)
+
+
+@app.command("note")
+def note(run_id: IdArgument, text: Annotated[str, typer.Argument(help="the note (replaces the previous one)")]) -> None:
+    """Attach a free-text note to a run."""
+    run_ops.annotate(_get(run_id), notes=text)

@@ -308,7 +308,11 @@ class EvalConfig(Section):
     evaltypes: list[Literal["discriminative"]] = Field(
         default_factory=lambda: ["discriminative"], description="Embedding heads to evaluate (only 'discriminative' exists)."
     )
-    on_gpu: bool = Field(False, description="Compute metrics on the GPU when one is available.")
+    on_gpu: bool = Field(False, description="Compute metrics on the GPU when one is available (the original's --evaluate_on_gpu).")
+    backend: Literal["auto", "torch", "faiss"] = Field(
+        "auto",
+        description="kNN/k-means backend: auto (torch, on the GPU and on the CPU, where it measured faster than faiss), torch, faiss.",
+    )
     train_metrics: bool = Field(True, description="Also evaluate on the training classes (eval transform).")
     at_start: bool = Field(False, description="Evaluate the untrained network before the first epoch (logged as epoch 0).")
     raw_pixel_baseline: bool = Field(False, description="Also report the metrics of raw pixels on the test split.")

@@ -16,9 +16,10 @@ Departures from the original code, on purpose (the published method):
 
 * d is the distance over the embedding dimension. The original applied
   ``nn.PairwiseDistance`` to 3-D tensors shaped (1, D, 1) and (1, D, |P|); old PyTorch
-  reduced over dim 1 (D), but current PyTorch reduces over the last dimension, so
-  the original now computes |x_{a,k} - x_{p,k}| per coordinate k (and sums e^{…} over
-  the coordinates instead of over the set), which is not the published loss.
+  reduced over dim 1 (D), but current PyTorch reduces over the last dimension (the
+  set), so the original now gets one value per coordinate k,
+  sqrt(Σ_{p∈P(a)} (x_{a,k} - x_{p,k})²), and its log-sum-exp runs over the D
+  coordinates instead of over the set: not the published loss.
 * No 1e-6 eps is added to the coordinate differences (``PairwiseDistance``'s eps).
 * Anchors whose positive or negative set is empty (a batch of one class) are skipped;
   with no anchor left the loss is exactly zero (regulariser included) with a working

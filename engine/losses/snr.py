@@ -1,4 +1,4 @@
-"""Signal-to-noise-ratio triplet loss (Yuan et al., "Signal-to-Noise Ratio: A Robust Distance Metric for Deep Metric Learning", 2019).
+"""Signal-to-noise-ratio triplet loss (Yuan et al., "Signal-To-Noise Ratio: A Robust Distance Metric for DML", 2019).
 
 For mined triplets (a, p, n), with Var the unbiased variance over the embedding
 dimensions, the SNR distance of a pair is the noise variance over the anchor (signal)

@@ -1,9 +1,9 @@
-"""Clustering quality: NMI and the pair-counting F1."""
+"""Clustering quality: NMI, AMI and the pair-counting F1."""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import normalized_mutual_info_score
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 
 
 def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -40,3 +40,8 @@ def pair_f1(labels: np.ndarray, clusters: np.ndarray) -> float:
     if precision + recall == 0:
         return 0.0
     return 2.0 * precision * recall / (precision + recall)
+
+
+def ami(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Adjusted mutual information (arithmetic-mean normalisation, set explicitly): NMI corrected for chance."""
+    return float(adjusted_mutual_info_score(np.asarray(labels), np.asarray(clusters), average_method="arithmetic"))

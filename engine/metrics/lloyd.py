@@ -5,10 +5,18 @@ Deterministic for a given seed and device: the random draws come from a CPU
 ties in the assignment go to the lower centroid index, and an empty cluster is
 re-seeded at the point farthest from its centroid (the farthest first, ties by
 the lower point index; several empty clusters take distinct points).
+
+Speed at large k (SOP: k = 11,316 over 60,502 points): k-means++ draws its seeds in
+batches by rejection sampling (exact D² sampling; one blocked matmul per batch keeps
+the distances to the seeds current and fills every point's candidate list), and
+Lloyd keeps each point's nearest centroids so that after a step only the centroids
+that moved are compared with every point (see ``_Candidates``). The assignments are
+those of plain Lloyd; memory stays at one block of ~2^26 distances plus N × 8 lists.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,25 +55,199 @@ def assign(
     return ids, score
 
 
+# ---------------------------------------------------------------------------- candidate lists
+#
+# Every point keeps its T nearest centroids (ids and ranking distances |c|² − 2 x·c, sorted
+# by distance, ties by the lower id) and a bound: every centroid outside the list is at
+# least `bound` away. When only some centroids move, only their columns are recomputed;
+# a point whose best listed distance is not strictly below its bound is recomputed in
+# full. The assignment is therefore the exact nearest centroid (ties: the lower id), as a
+# full pass would give, at a fraction of the cost once few clusters still change.
+
+CANDIDATES = 8
+
+
+def _rank_distances(x: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
+    return (x @ centroids.T).mul_(-2.0).add_(c_sq.unsqueeze(0))
+
+
+def _top(
+    d: torch.Tensor, prefix: torch.Tensor | None, tail: torch.Tensor | None, t: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The t smallest of each row (ascending) with their ids, and the (t+1)-th value (inf if none).
+
+    Column ids: with no *prefix*, the column index; else the first columns are the
+    per-row ids *prefix* (rows × p) and the rest the shared ids *tail*. Only the first
+    entry's tie order matters (it is the assignment): where the two smallest values
+    are equal, the row's equal minima are put in id order.
+    """
+    take = min(t + 1, d.shape[1])
+    vals, pos = torch.topk(d, take, dim=1, largest=False, sorted=True)
+    if prefix is None:
+        cand = pos
+    else:
+        p = prefix.shape[1]
+        cand = torch.where(pos < p, torch.gather(prefix, 1, pos.clamp(max=p - 1)), tail[(pos - p).clamp(min=0)])
+    if take > t:
+        bound = vals[:, t].clone()
+        vals, cand = vals[:, :t].contiguous(), cand[:, :t].contiguous()
+    else:
+        bound = torch.full_like(vals[:, 0], float("inf"))
+    if t > 1:
+        tied = torch.nonzero(vals[:, 0] == vals[:, 1]).flatten()
+        if tied.numel():
+            vals[tied], cand[tied] = _resort(vals[tied], cand[tied])
+    return vals, cand, bound
+
+
+class _Candidates:
+    def __init__(self, n: int, t: int, device: torch.device, dtype: torch.dtype):
+        self.t = t
+        self.dist = torch.full((n, t), float("inf"), device=device, dtype=dtype)
+        self.ids = torch.zeros((n, t), device=device, dtype=torch.int64)
+        self.bound = torch.full((n,), float("inf"), device=device, dtype=dtype)
+
+    def full(self, x: torch.Tensor, centroids: torch.Tensor, rows: torch.Tensor | None, chunk: int) -> None:
+        """Recompute the lists of *rows* (all when None) against every centroid."""
+        c_sq = (centroids * centroids).sum(dim=1)
+        n = x.shape[0] if rows is None else rows.numel()
+        for s in range(0, n, chunk):
+            sel = slice(s, min(n, s + chunk)) if rows is None else rows[s : s + chunk]
+            d = _rank_distances(x[sel], centroids, c_sq)
+            vals, ids, bound = _top(d, None, None, self.t)
+            tied = vals[:, 0] == bound  # more equal minima than the list holds: take the lowest ids
+            if bool(tied.any()):
+                full_vals, full_ids = torch.sort(d[tied], dim=1, stable=True)
+                vals[tied], ids[tied] = full_vals[:, : self.t], full_ids[:, : self.t]
+            self.dist[sel], self.ids[sel], self.bound[sel] = vals, ids, bound
+
+    def moved(self, x: torch.Tensor, centroids: torch.Tensor, moved: torch.Tensor, chunk: int) -> None:
+        """Update the lists after the centroids *moved* (ids) changed; rows left unsure are recomputed."""
+        k = centroids.shape[0]
+        is_moved = torch.zeros(k, dtype=torch.bool, device=x.device)
+        is_moved[moved] = True
+        cm = centroids[moved]
+        cm_sq = (cm * cm).sum(dim=1)
+        n = x.shape[0]
+        step = max(1, chunk * k // max(1, moved.numel() + self.t))
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            fresh = _rank_distances(x[s:e], cm, cm_sq)
+            kept = self.dist[s:e].masked_fill(is_moved[self.ids[s:e]], float("inf"))
+            vals, cand, bound = _top(torch.cat([kept, fresh], dim=1), self.ids[s:e], moved, self.t)
+            self.dist[s:e], self.ids[s:e] = vals, cand
+            self.bound[s:e] = torch.minimum(self.bound[s:e], bound)
+        unsure = torch.nonzero(~(self.dist[:, 0] < self.bound)).flatten()
+        if unsure.numel():
+            self.full(x, centroids, unsure, chunk)
+
+
+def _chunk(k: int, chunk_size: int | None) -> int:
+    return chunk_size if chunk_size is not None else max(1, min(65536, DEFAULT_BLOCK_ELEMENTS // max(1, k)))
+
+
+# ---------------------------------------------------------------------------- k-means++
+
+
+def _plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, lists: _Candidates | None = None) -> torch.Tensor:
+    """k-means++ seed indices (D² sampling), batched and exact.
+
+    Seeds are drawn in batches: candidates are proposed from the squared distances
+    to the seeds of the earlier batches (one blocked matmul per batch keeps those up
+    to date) and accepted with probability (distance to every seed so far) / (the
+    proposal's distance); that is rejection sampling of the exact D² distribution, so
+    the result is a k-means++ seeding, drawn from a CPU generator. *lists*, when
+    given, receive every point's nearest seeds (ids = positions in the result) on the
+    way, which saves k-means its first full assignment pass.
+    """
+    n, dim = x.shape
+    chosen: list[int] = []
+    x_host = x.detach().to("cpu", torch.float64).numpy()
+    x_sq = (x * x).sum(dim=1)
+    min_d = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
+    draws = torch.rand(0, dtype=torch.float64)
+    used = 0
+
+    def uniform() -> float:
+        nonlocal draws, used
+        if used == draws.numel():
+            draws, used = torch.rand(1024, generator=generator, dtype=torch.float64), 0
+        used += 1
+        return float(draws[used - 1])
+
+    def refresh(batch: list[int]) -> np.ndarray:
+        seeds = x[torch.as_tensor(batch, device=x.device)]
+        s_sq = (seeds * seeds).sum(dim=1)
+        step = max(1, DEFAULT_BLOCK_ELEMENTS // max(1, len(batch)))
+        first_id = len(chosen) - len(batch)
+        for s in range(0, n, step):
+            e = min(n, s + step)
+            d = _rank_distances(x[s:e], seeds, s_sq)
+            min_d[s:e] = torch.minimum(min_d[s:e], (d.min(dim=1).values + x_sq[s:e]).clamp_min(0).to(torch.float64))
+            if lists is not None:
+                ids = torch.arange(first_id, first_id + len(batch), device=x.device)
+                vals, cand, bound = _top(torch.cat([lists.dist[s:e], d], 1), lists.ids[s:e], ids, lists.t)
+                lists.dist[s:e], lists.ids[s:e] = vals, cand
+                lists.bound[s:e] = torch.minimum(lists.bound[s:e], bound)
+        min_d[torch.as_tensor(batch, device=x.device)] = 0.0
+        return min_d.cpu().numpy()
+
+    first = int(torch.randint(n, (1,), generator=generator))
+    chosen.append(first)
+    stale = refresh([first])
+    if k == 1:
+        return torch.as_tensor(chosen, dtype=torch.int64)
+    while len(chosen) < k:
+        cum = np.cumsum(stale)
+        total = float(cum[-1])
+        batch: list[int] = []
+        limit = min(k - len(chosen), max(1, min(256, len(chosen))))
+        rejected = 0
+        seeds = np.empty((0, dim))
+        while len(batch) < limit and rejected <= 2 * len(batch) + 8:
+            u = uniform()
+            if not total > 0:  # every point already coincides with a seed
+                pick = min(int(u * n), n - 1)
+                batch.append(pick)
+                seeds = np.vstack([seeds, x_host[pick]])
+                continue
+            pick = min(int(np.searchsorted(cum, u * total, side="right")), n - 1)
+            current = stale[pick]
+            if seeds.shape[0]:
+                current = min(current, float(((seeds - x_host[pick]) ** 2).sum(axis=1).min()))
+            if current > 0 and uniform() * stale[pick] < current:
+                batch.append(pick)
+                seeds = np.vstack([seeds, x_host[pick]])
+            else:
+                rejected += 1
+        if not batch:
+            continue
+        chosen.extend(batch)
+        stale = refresh(batch)
+    if lists is not None:  # where the seeds' lists ended in a tie with the bound, recompute exactly
+        unsure = torch.nonzero(~(lists.dist[:, 0] < lists.bound)).flatten()
+        if unsure.numel():
+            lists.full(x, x[torch.as_tensor(chosen, device=x.device)], unsure, _chunk(k, None))
+    return torch.as_tensor(chosen[:k], dtype=torch.int64)
+
+
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """Indices of k seed points by D² sampling (k-means++)."""
-    n = x.shape[0]
-    chosen = torch.empty(k, dtype=torch.int64)
-    first = int(torch.randint(n, (1,), generator=generator))
-    chosen[0] = first
-    min_d = ((x - x[first]) ** 2).sum(dim=1).to(torch.float64)
-    for j in range(1, k):
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        cum = torch.cumsum(min_d, dim=0)
-        total = float(cum[-1])
-        if total > 0:
-            pick = int(torch.searchsorted(cum, torch.tensor([u * total], dtype=torch.float64, device=x.device)))
-            pick = min(pick, n - 1)
-        else:  # every point already coincides with a seed
-            pick = min(int(u * n), n - 1)
-        chosen[j] = pick
-        min_d = torch.minimum(min_d, ((x - x[pick]) ** 2).sum(dim=1).to(torch.float64))
-    return chosen
+    return _plus_plus(torch.as_tensor(x), k, generator)
+
+
+def kmeans_plus_plus_centroids(x: torch.Tensor, k: int, *, seed: int = 0) -> torch.Tensor:
+    """The k-means++ initial centroids (k × D) that :func:`kmeans` starts from for this *seed*."""
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k must be in 1..N = 1..{x.shape[0]}, got {k}")
+    generator = torch.Generator().manual_seed(int(seed))
+    return x[_plus_plus(x, k, generator).to(x.device)].clone()
+
+
+# ---------------------------------------------------------------------------- Lloyd
 
 
 def kmeans(
@@ -82,7 +264,9 @@ def kmeans(
     k-means++ seeding from ``torch.Generator().manual_seed(seed)`` (or the given
     *init* centroids), then at most *iterations* Lloyd steps (stopping early once
     the assignment is stable); the returned clusters are the nearest final
-    centroids. Accepts numpy arrays.
+    centroids (ties: the lower centroid index). Each point keeps a short list of its
+    nearest centroids, so after a step only the centroids that moved are compared
+    with every point; the result is that of plain Lloyd. Accepts numpy arrays.
     """
     x = torch.as_tensor(x)
     if x.ndim != 2:
@@ -92,27 +276,43 @@ def kmeans(
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..N = 1..{n}, got {k}")
+    chunk = _chunk(k, chunk_size)
+    lists = _Candidates(n, min(CANDIDATES, k), x.device, x.dtype)
     if init is not None:
         centroids = torch.as_tensor(init).to(device=x.device, dtype=x.dtype).clone()
         if centroids.shape != (k, x.shape[1]):
             raise ValueError(f"init must be k x D = {k} x {x.shape[1]}, got {tuple(centroids.shape)}")
+        lists.full(x, centroids, None, chunk)
     else:
         generator = torch.Generator().manual_seed(int(seed))
-        centroids = x[kmeans_plus_plus(x, k, generator).to(x.device)].clone()
+        centroids = x[_plus_plus(x, k, generator, lists).to(x.device)].clone()
 
-    previous = None
+    x_sq = (x * x).sum(dim=1)
     for _ in range(iterations):
-        ids, dist = assign(x, centroids, chunk_size=chunk_size)
+        ids = lists.ids[:, 0]
         sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
         sums.index_add_(0, ids, x.to(torch.float64))
         sizes = torch.bincount(ids, minlength=k)
         empty = torch.nonzero(sizes == 0).flatten()
-        if previous is not None and empty.numel() == 0 and torch.equal(ids, previous):
-            break  # converged: the centroids would not move
-        centroids = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
+        new = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
+        new[empty] = centroids[empty]
         if empty.numel():
+            dist = (lists.dist[:, 0] + x_sq).clamp_min(0.0)
             order = torch.sort(dist, descending=True, stable=True).indices
-            centroids[empty] = x[order[: empty.numel()]]
-        previous = ids
-    ids, _ = assign(x, centroids, chunk_size=chunk_size)
-    return centroids, ids
+            new[empty] = x[order[: empty.numel()]]
+        moved = torch.nonzero((new != centroids).any(dim=1)).flatten()
+        centroids = new
+        if moved.numel() == 0:
+            break  # converged: the centroids did not move
+        if moved.numel() * 2 > k:
+            lists.full(x, centroids, None, chunk)
+        else:
+            lists.moved(x, centroids, moved, chunk)
+    return centroids, lists.ids[:, 0].clone()
+
+
+def _resort(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, order = torch.sort(ids, dim=1)
+    vals = torch.gather(vals, 1, order)
+    vals, order = torch.sort(vals, dim=1, stable=True)
+    return vals, torch.gather(ids, 1, order)

@@ -21,7 +21,18 @@ FIXED_NAMES = (
     "dists@intra",
     "dists@inter",
     "dists@intra_over_inter",
+    "precision_at_1",
+    "c_precision_at_1",
+    "r_precision",
+    "c_r_precision",
+    "map_at_r",
+    "c_map_at_r",
+    "mean_reciprocal_rank",
+    "c_mean_reciprocal_rank",
+    "ami",
+    "c_ami",
 )
+RANK_METRICS = ("precision_at_1", "r_precision", "map_at_r", "mean_reciprocal_rank")
 PATTERNS = ("e_recall@<k>", "c_recall@<k>", "rho_spectrum@<m>")
 RECALL_PREFIXES = ("e_recall", "c_recall")
 RHO_PREFIX = "rho_spectrum"
@@ -38,9 +49,10 @@ def list_metrics() -> list[str]:
 class MetricSpec:
     """A parsed metric name.
 
-    kind: 'recall', 'map', 'nmi', 'f1', 'dists' or 'rho'; space: 'e' (Euclidean)
-    or 'c' (cosine) where it applies; arg: k of recall, m of rho, the rank limit
-    of mAP ('c', '1000', 'lim') or the dists variant.
+    kind: 'recall', 'map', 'rank' (precision_at_1, r_precision, map_at_r,
+    mean_reciprocal_rank), 'nmi', 'ami', 'f1', 'dists' or 'rho'; space: 'e'
+    (Euclidean) or 'c' (cosine) where it applies; arg: k of recall, m of rho, the
+    rank limit of mAP ('c', '1000', 'lim'), the rank metric's name or the dists variant.
     """
 
     name: str
@@ -76,8 +88,10 @@ def parse_metric_name(name: str) -> MetricSpec:
         base = name[2:] if name.startswith("c_") else name
         if base.startswith("mAP_"):
             return MetricSpec(name, "map", space, base[4:])
-        if base in ("nmi", "f1"):
+        if base in ("nmi", "ami", "f1"):
             return MetricSpec(name, base, space, None)
+        if base in RANK_METRICS:
+            return MetricSpec(name, "rank", space, base)
         return MetricSpec(name, "dists", None, name.split("@", 1)[1])
     prefix, sep, arg = name.partition("@")
     if sep and prefix in RECALL_PREFIXES:
@@ -104,8 +118,12 @@ _SHORT = {"e_recall": "R", "c_recall": "cR"}
 
 
 def display_name(name: str) -> str:
-    """Compact label for tables and logs: e_recall@1 -> R@1, nmi -> NMI, f1 -> F1; others unchanged."""
+    """Compact label for tables and logs: e_recall@1 -> R@1, nmi -> NMI, map_at_r -> MAP@R, c_f1 -> cF1; others unchanged."""
     base, sep, k = name.partition("@")
     if sep and base in _SHORT:
         return f"{_SHORT[base]}@{k}"
-    return {"nmi": "NMI", "f1": "F1", "c_nmi": "cNMI", "c_f1": "cF1"}.get(name, name)
+    short = {"nmi": "NMI", "ami": "AMI", "f1": "F1", "precision_at_1": "P@1", "r_precision": "RP",
+             "map_at_r": "MAP@R", "mean_reciprocal_rank": "MRR"}
+    if name.startswith("c_") and name[2:] in short:
+        return "c" + short[name[2:]]
+    return short.get(name, name)

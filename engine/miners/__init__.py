@@ -32,7 +32,7 @@ def _register_builtin() -> None:
     import pkgutil
 
     for module in pkgutil.iter_modules(__path__):
-        if module.name != "base":
+        if module.name != "base" and not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")
 
 

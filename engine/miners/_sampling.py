@@ -11,6 +11,8 @@ def uniform_choice(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns ``(index, has_choice)``; rows without any True entry get an arbitrary
     index and ``has_choice`` False, so callers drop or replace them.
     """
+    if mask.shape[1] == 0:
+        return torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device), mask.any(1)
     scores = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
     return scores.argmax(1), mask.any(1)
 

@@ -36,8 +36,9 @@ def distance_weighted_negatives(
     if anchors.numel() == 0:
         return anchors, anchors
     log_weights = log_weights[anchors].masked_fill(~admissible[anchors], float("-inf"))
-    probabilities = torch.softmax(log_weights, dim=1)
-    negatives = torch.multinomial(probabilities, 1).squeeze(1)
+    # multinomial takes unnormalised weights; subtracting the row maximum keeps exp() finite
+    weights = (log_weights - log_weights.max(dim=1, keepdim=True).values).exp()
+    negatives = torch.multinomial(weights, 1).squeeze(1)
     return anchors, negatives
 
 

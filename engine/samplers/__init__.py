@@ -36,20 +36,24 @@ class ClassRandomSampler:
             raise ValueError(f"sampler.batch_size={batch_size} exceeds the {len(labels)} training images")
         self.seed = seed
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Batches of *epoch*, from *start_batch* on (a resume inside an epoch skips the done ones)."""
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def __len__(self) -> int:
-        return self.num_batches
+        return self.num_batches - self.start_batch
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         draws = self.batch_size // self.samples_per_class
-        for _ in range(self.num_batches):
+        for index in range(self.num_batches):
             chosen = rng.integers(len(self.classes), size=draws)
             batch = [int(i) for c in chosen for i in rng.choice(self.members[c], self.samples_per_class)]
-            yield batch
+            if index >= self.start_batch:
+                yield batch
 
 
 def create(name: str, labels, **params) -> object:

@@ -1,0 +1,212 @@
+"""Benchmark of the evaluation metrics at Stanford Online Products scale.
+
+Synthetic SOP-like embeddings (seeded): N × 128 float32, L2-normalised, classes of
+2–12 samples (60,502 samples in 11,316 classes at full size; the smaller sizes keep
+the class-size distribution and scale the number of classes). Each class has a
+random unit centre; its samples are the centre plus Gaussian noise, normalised.
+
+The suite: e_recall@1,10,100,1000 + nmi + f1 + map_at_r + mAP_c, timed per stage:
+
+* ``retrieval``: the one kNN pass (k = 1000) that serves every recall, map_at_r and mAP_c;
+* ``kmeans``: the k-means (k = number of classes, 20 iterations) that nmi and f1 share;
+* ``nmi`` and ``f1``: the scores of that clustering.
+
+Every configuration (device, N, backend) runs in a fresh subprocess, so the peak
+memory (peak RSS of that process; GPU: also the peak CUDA memory) is its own.
+
+    uv run python bench/eval.py                 # CPU (2 threads), N = 15,000, 30,000, 60,502
+    uv run python bench/eval.py --json          # one JSON object per line, one line per configuration
+    uv run python bench/eval.py --peer          # also pytorch-metric-learning at every N (60,502: ~7 GB)
+    uv run python bench/eval.py --n 60502 --backend torch --device cpu
+
+``--json`` prints one line per (device, n, backend):
+``{"device", "n", "backend", "threads", "total_s", "cpu_s", "stages_s": {...}, "peak_rss_mb", "metrics": {...}}``
+(cpu_s: the process's CPU time over the suite, a load-independent figure on a shared machine)
+(plus ``"peer"`` with pytorch-metric-learning's time, peak RSS and values when it ran).
+Without --peer the peer (AccuracyCalculator: precision_at_1, r_precision,
+mean_average_precision_at_r) runs at 15,000 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+FULL_N, FULL_CLASSES, DIM = 60_502, 11_316, 128
+SIZES = (15_000, 30_000, FULL_N)
+RETRIEVAL = ["e_recall@1", "e_recall@10", "e_recall@100", "e_recall@1000", "map_at_r", "mAP_c"]
+NOISE = 0.13
+
+
+def class_sizes(n: int, rng) -> "np.ndarray":  # noqa: F821
+    """Class sizes in 2..12 with SOP's mean (60,502 / 11,316 ≈ 5.35), summing to exactly n."""
+    import numpy as np
+
+    n_classes = max(1, round(FULL_CLASSES * n / FULL_N))
+    values = np.arange(2, 13)
+    weights = np.exp(-values / 2.6)
+    sizes = rng.choice(values, size=n_classes, p=weights / weights.sum())
+    while sizes.sum() != n:  # nudge random classes, staying within 2..12
+        i = rng.integers(n_classes)
+        if sizes.sum() < n and sizes[i] < 12:
+            sizes[i] += 1
+        elif sizes.sum() > n and sizes[i] > 2:
+            sizes[i] -= 1
+    return sizes
+
+
+def synthetic(n: int, seed: int = 0):
+    """(embeddings N × 128 float32 L2-normalised, labels N int64), seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = class_sizes(n, rng)
+    labels = np.repeat(np.arange(sizes.size), sizes)
+    centres = rng.standard_normal((sizes.size, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = centres[labels] + NOISE * rng.standard_normal((n, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    perm = rng.permutation(n)
+    return np.ascontiguousarray(x[perm], dtype=np.float32), labels[perm]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(device: str, n: int, backend: str, threads: int, peer: bool) -> dict:
+    """One configuration, in this process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    from engine import metrics as M
+    from engine.metrics.backends import resolve_backend
+
+    x_np, y = synthetic(n)
+    base_rss = peak_rss_mb()
+    x = torch.from_numpy(x_np).to(device)
+    engine = resolve_backend(backend, x.device)
+    k = len(set(y.tolist()))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        M.compute_metrics(x[:2000], y[:2000], ["e_recall@1", "nmi"], backend=backend)  # warm up kernels
+        sync()
+
+    stages: dict[str, float] = {}
+    stages_cpu: dict[str, float] = {}
+    values: dict[str, float] = {}
+
+    def timed(stage, fn):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        sync()
+        stages[stage], stages_cpu[stage] = time.perf_counter() - t, time.process_time() - c
+        return out
+
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    got, missing = timed("retrieval", lambda: M.compute_metrics(x, y, RETRIEVAL, backend=backend))
+    values.update(got)
+    clusters = timed("kmeans", lambda: M.cluster(x, k, space="e", seed=0, backend=engine).cpu().numpy())
+    values["nmi"] = timed("nmi", lambda: M.nmi(y, clusters))
+    values["f1"] = timed("f1", lambda: M.pair_f1(y, clusters))
+    total = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    out = {
+        "device": device, "n": n, "backend": engine, "threads": threads, "total_s": round(total, 3),
+        "cpu_s": round(cpu, 3), "stages_s": {s: round(v, 3) for s, v in stages.items()},
+        "stages_cpu_s": {s: round(v, 3) for s, v in stages_cpu.items()}, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "base_rss_mb": round(base_rss, 1), "metrics": {m: round(v, 6) for m, v in values.items()},
+    }
+    if missing:
+        out["missing"] = missing
+    if device == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if peer:
+        out["peer"] = run_peer(x_np, y, device)
+        out["peak_rss_mb_with_peer"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def run_peer(x_np, y, device: str) -> dict:
+    """pytorch-metric-learning's AccuracyCalculator: precision_at_1, r_precision, MAP@R (its faiss kNN)."""
+    import torch
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                              k="max_bin_count", device=torch.device(device))
+    t = time.perf_counter()
+    got = calc.get_accuracy(torch.from_numpy(x_np), torch.from_numpy(y))
+    return {"total_s": round(time.perf_counter() - t, 3), "metrics": {m: round(float(v), 6) for m, v in got.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object per configuration, one per line")
+    ap.add_argument("--n", type=int, action="append", help="sample counts (default 15000, 30000, 60502)")
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all", help="default: CPU, and CUDA when available")
+    ap.add_argument("--backend", action="append", choices=["auto", "torch", "faiss"], help="default: auto")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of torch and faiss (default 2)")
+    ap.add_argument("--peer", action="store_true", help="also time pytorch-metric-learning at every N")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration in this process
+    args = ap.parse_args(argv)
+
+    if args.one:
+        device, n, backend, peer = args.one.split(",")
+        print(json.dumps(run_one(device, int(n), backend, args.threads, peer == "1")))
+        return 0
+
+    import torch
+
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if not devices:
+        print("no CUDA device available", file=sys.stderr)
+        return 1
+    sizes = args.n or list(SIZES)
+    backends = args.backend or ["auto"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for device in devices:
+        for n in sizes:
+            for backend in backends:
+                peer = args.peer or n == 15_000
+                cmd = [sys.executable, __file__, "--one", f"{device},{n},{backend},{int(peer)}", "--threads", str(args.threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    print(proc.stderr, file=sys.stderr)
+                    return proc.returncode
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                if args.json:
+                    print(json.dumps(result), flush=True)
+                else:
+                    print(format_result(result), flush=True)
+    return 0
+
+
+def format_result(r: dict) -> str:
+    stages = "  ".join(f"{s} {v:.2f}s (CPU {r['stages_cpu_s'][s]:.1f}s)" for s, v in r["stages_s"].items())
+    metrics = "  ".join(f"{m} {v:.4f}" for m, v in r["metrics"].items())
+    line = (f"{r['device']:4s} n={r['n']:>6,d} {r['backend']:5s} threads={r['threads']}  total {r['total_s']:.2f}s  "
+            f"[{stages}]  CPU time {r['cpu_s']:.1f}s  peak RSS {r['peak_rss_mb']:.0f} MB (before: {r['base_rss_mb']:.0f} MB)")
+    if "peak_cuda_mb" in r:
+        line += f"  peak CUDA {r['peak_cuda_mb']:.0f} MB"
+    line += f"\n    {metrics}"
+    if "peer" in r:
+        p = r["peer"]
+        line += (f"\n    peer (pytorch-metric-learning P@1+RP+MAP@R): {p['total_s']:.2f}s, "
+                 f"peak RSS {r['peak_rss_mb_with_peer']:.0f} MB; " + "  ".join(f"{m} {v:.4f}" for m, v in p["metrics"].items()))
+    return line
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    raise SystemExit(main())

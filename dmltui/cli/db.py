@@ -1,0 +1,129 @@
+"""``dmltui db`` and ``dmltui import``: the store's maintenance and runs started elsewhere."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dmltui import home
+from dmltui import runs as run_ops
+from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.store import RunStore, StoreError
+
+app = typer.Typer(help="The run store.", no_args_is_help=True)
+
+
+def run_dirs_under(folder: Path) -> list[Path]:
+    return sorted(p.parent for p in folder.glob("**/config.toml") if (p.parent / "status.json").exists())
+
+
+@app.command("rebuild")
+def rebuild(
+    scan: Annotated[list[Path] | None, typer.Option("--scan", help="also scan this folder for run dirs; repeatable")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Re-create the store from the run directories. A corrupt or old store file is moved aside, never deleted."""
+    path = home.store_path()
+    aside = None
+    if path.exists():
+        aside = path.with_name(f"{path.name}.{datetime.now():%Y%m%d-%H%M%S}.bak")
+        path.rename(aside)
+    folders = [home.runs_dir(), *(scan or [])]
+    store = RunStore(path)
+    rebuilt, skipped = [], []
+    for folder in folders:
+        for run_dir in run_dirs_under(folder):
+            try:
+                record = run_ops.record_from_run_dir(run_dir)
+            except Exception as error:  # one unreadable run dir must not stop the rebuild
+                skipped.append({"run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"})
+                continue
+            store.put(record)
+            rebuilt.append(record["id"])
+    if as_json:
+        print_json({"store": str(path), "previous": str(aside) if aside else None, "runs": rebuilt, "skipped": skipped})
+        return
+    if aside:
+        print(f"previous store kept as {aside}", file=sys.stderr)
+    for entry in skipped:
+        print(f"warning: skipped {entry['run_dir']}: {entry['error']}", file=sys.stderr)
+    stdout.print(f"rebuilt {path} with {len(rebuilt)} run(s)", highlight=False)
+
+
+def import_runs(
+    run_dirs: Annotated[list[Path], typer.Argument(help="run directories (with config.toml and status.json)")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Record runs started outside the manager (plain `python -m engine`, torchrun)."""
+    store = run_ops.open_store()
+    known = {r["run_dir"] for r in store.all()}
+    imported = []
+    for run_dir in run_dirs:
+        if not (run_dir / "config.toml").is_file():
+            fail(f"{run_dir} is not a run directory (no config.toml)", ExitCode.NOT_FOUND)
+        if str(run_dir.resolve()) in known:
+            print(f"{run_dir} is already recorded", file=sys.stderr)
+            continue
+        try:
+            record = run_ops.record_from_run_dir(run_dir)
+        except (ValueError, OSError) as error:
+            fail(f"{run_dir}: {error}", ExitCode.USAGE)
+        store.put(record)
+        imported.append(record)
+    if as_json:
+        print_json(imported)
+    for record in imported if not as_json else []:
+        stdout.print(f"{record['id']}  {record['name']}  {record['state']}", highlight=False)
+
+
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Python, torch, CUDA, GPUs, faiss, wandb, data and store locations and health, in one table."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    from dmltui import gpus
+    from engine.data import data_root
+
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    checks: list[dict] = []
+
+    def add(name: str, ok: bool, detail: str) -> None:
+        checks.append({"check": name, "ok": ok, "detail": detail})
+
+    add("python", sys.version_info >= (3, 11), f"{platform.python_version()} ({sys.executable})")
+    add("torch", True, f"{torch.__version__} (CUDA build {torch.version.cuda or 'none'})")
+    add("cuda", True, "available" if torch.cuda.is_available() else "not available: training and metrics run on the CPU")
+    infos = gpus.gpus()
+    add("gpus", True, "; ".join(f"{g.index}: {g.name} {g.memory_total_mb or '?'} MiB" for g in infos) or "none")
+    faiss = version("faiss-cpu") or version("faiss-gpu") or version("faiss-gpu-cu12")
+    add("faiss", True, faiss or "not installed (metrics use torch)")
+    add("wandb", True, version("wandb") or "not installed (log.online needs it)")
+    add("data", True, str(data_root()))
+    store_path = home.store_path()
+    try:
+        count = len(RunStore(store_path, timeout=2).all()) if store_path.exists() else 0
+        add("store", True, f"{store_path} ({count} runs)" if store_path.exists() else f"{store_path} (not created yet)")
+    except StoreError as error:
+        add("store", False, str(error))
+    if as_json:
+        print_json(checks)
+    else:
+        from rich.table import Table
+
+        table = Table("check", "", "detail", box=None, pad_edge=False)
+        for check in checks:
+            table.add_row(check["check"], "[green]ok[/]" if check["ok"] else "[red]problem[/]", check["detail"])
+        stdout.print(table)
+    if not all(check["ok"] for check in checks):
+        raise typer.Exit(int(ExitCode.FAILED))

@@ -1,0 +1,132 @@
+"""GPU discovery and leases: one lease per GPU, held by the training process itself.
+
+A lease is an exclusive ``flock`` on ``$DMLTUI_HOME/gpus/gpu<i>.lock``. The launcher
+takes the leases, makes their descriptors inheritable and ``exec``s the engine, so the
+lock lives exactly as long as the training process: the kernel releases it when that
+process dies, however it dies (kill -9 included). Nothing has to clean up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmltui import home
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    memory_total_mb: int | None = None
+    memory_used_mb: int | None = None
+    utilization_pct: int | None = None
+
+
+def _nvml() -> list[GpuInfo] | None:
+    try:
+        import pynvml  # optional: nvidia-ml-py
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: NVML raises its own error types
+        return None
+    try:
+        infos = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            infos.append(
+                GpuInfo(
+                    index,
+                    name.decode() if isinstance(name, bytes) else name,
+                    memory.total // 2**20,
+                    memory.used // 2**20,
+                    pynvml.nvmlDeviceGetUtilizationRates(handle).gpu,
+                )
+            )
+        return infos
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpus() -> list[GpuInfo]:
+    """The GPUs of this machine (NVML when installed, else torch)."""
+    infos = _nvml()
+    if infos is not None:
+        return infos
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [
+        GpuInfo(i, torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory // 2**20)
+        for i in range(torch.cuda.device_count())
+    ]
+
+
+def leasable_indices() -> list[int]:
+    """GPU indices the manager may hand out: ``$DMLTUI_GPUS`` (e.g. "0,2"; "" for none) or every GPU."""
+    configured = os.environ.get("DMLTUI_GPUS")
+    if configured is not None:
+        return parse_gpu_list(configured) if configured.strip() else []
+    return [info.index for info in gpus()]
+
+
+def parse_gpu_list(text: str) -> list[int]:
+    try:
+        indices = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"GPU list {text!r}: expected comma-separated indices such as 0,1") from None
+    if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"GPU list {text!r}: indices must be distinct and >= 0")
+    return indices
+
+
+def _lock_path(index: int) -> Path:
+    folder = home.home() / "gpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"gpu{index}.lock"
+
+
+def try_lease(index: int) -> int | None:
+    """An open descriptor holding GPU *index*'s lease, or None when another run holds it."""
+    fd = os.open(_lock_path(index), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_leased(index: int) -> bool:
+    fd = try_lease(index)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def lease(candidates: list[int], count: int, *, poll_seconds: float = 2.0, on_wait=None) -> dict[int, int]:
+    """Block until *count* of *candidates* are free; returns {gpu index: lock descriptor}."""
+    if count > len(candidates):
+        raise ValueError(f"{count} GPU(s) requested but only {len(candidates)} may be leased ({candidates})")
+    while True:
+        held: dict[int, int] = {}
+        for index in candidates:
+            fd = try_lease(index)
+            if fd is not None:
+                held[index] = fd
+                if len(held) == count:
+                    return held
+        for fd in held.values():  # all or nothing: never sit on a partial set
+            os.close(fd)
+        if on_wait is not None:
+            on_wait()
+        time.sleep(poll_seconds)

@@ -1,0 +1,215 @@
+"""The run manager through its real entry point: detached runs, states, stop/resume, queue, store maintenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, dmltui
+
+from engine.rundir import RunDir
+
+TINY = """\
+description = "a run that takes seconds: digits at 8x8, one metric"
+extends = ["quickstart", "digits"]
+[data]
+image_size = 8
+[sampler]
+batch_size = 128
+[optim]
+epochs = 2
+[eval]
+metrics = ["e_recall@1"]
+at_start = false
+raw_pixel_baseline = false
+"""
+
+
+@pytest.fixture
+def tiny(isolated_env) -> str:
+    presets = isolated_env / "presets"
+    presets.mkdir(parents=True)
+    (presets / "tiny.toml").write_text(TINY)
+    return "tiny"
+
+
+def runs_json(*args: str) -> list[dict]:
+    result = dmltui("runs", "list", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def show(run_id: str) -> dict:
+    result = dmltui("runs", "show", run_id, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def status(record: dict) -> dict:
+    return RunDir(record["run_dir"]).read_status()
+
+
+def launch(*args: str) -> list[dict]:
+    result = dmltui("run", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_detached_runs_go_queued_running_finished_and_reach_the_store(tiny):
+    records = launch(tiny, "--seeds", "0-1", "--gpus", "cpu", "--tag", "t1")
+    assert [r["seed"] for r in records] == [0, 1] and all(r["tags"] == ["t1"] for r in records)
+    assert all(r["state"] in ("queued", "running") for r in records)
+    for record in records:
+        wait_for(lambda r=record: status(r).get("state") == "finished", 180)
+    listed = {r["id"]: r for r in runs_json("--tag", "t1")}
+    assert set(listed) == {r["id"] for r in records}
+    for record in listed.values():
+        assert record["state"] == "finished" and record["epoch"] == 2
+        assert 0 < record["best"]["test/e_recall@1"]["value"] <= 1
+        assert (Path(record["run_dir"]) / "output.log").exists()
+    assert runs_json("--state", "running") == []
+    assert [r["seed"] for r in runs_json("--sort", "seed", "--asc")] == [0, 1]
+
+
+def test_kill_9_is_crashed_within_10_s_and_resume_continues(tiny):
+    [record] = launch(tiny, "--set", "optim.epochs=400", "--gpus", "cpu")
+    wait_for(lambda: status(record).get("epoch", 0) >= 1 and (RunDir(record["run_dir"]).checkpoints / "last.pt").exists(), 120)
+    pid = status(record)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: show(record["id"])["state"] == "crashed", 10)
+    assert time.monotonic() - killed_at < 10
+    checkpoint_epoch = RunDir(record["run_dir"]).read_status()["epoch"]
+    resumed = dmltui("runs", "resume", record["id"], "--gpus", "cpu", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(lambda: status(record).get("state") == "running" and status(record).get("epoch", 0) > checkpoint_epoch + 1, 120)
+    stopped = dmltui("runs", "stop", record["id"], "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)[0]["state"] == "stopped"
+    epochs = [r["epoch"] for r in RunDir(record["run_dir"]).read_metrics() if r["kind"] == "train"]
+    assert epochs == list(range(1, len(epochs) + 1))  # no epoch twice, none missing across the resume
+    assert "resumed after epoch" in RunDir(record["run_dir"]).log.read_text()
+
+
+def test_sighup_to_the_launching_shell_leaves_runs_running(tiny):
+    script = Path(os.environ["VIRTUAL_ENV"] if "VIRTUAL_ENV" in os.environ else Path(__import__("sys").executable).parent.parent)
+    cli = str(Path(__import__("sys").executable).with_name("dmltui"))
+    shell = subprocess.Popen([cli, "run", tiny, "--set", "optim.epochs=400", "--gpus", "cpu", "--follow"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=REPO, text=True)
+    record = wait_for(lambda: (runs_json() or [None])[0], 60)
+    wait_for(lambda: status(record).get("state") == "running", 60)
+    os.killpg(shell.pid, signal.SIGHUP)  # what an SSH drop sends to the session
+    shell.wait(timeout=30)
+    time.sleep(3)
+    assert show(record["id"])["state"] == "running"
+    assert dmltui("runs", "stop", record["id"]).returncode == 0
+    assert script  # the venv exists
+
+
+def test_gpu_queue_one_lease_per_gpu(tiny, monkeypatch):
+    monkeypatch.setenv("DMLTUI_GPUS", "0")  # pretend this machine has one GPU (the engine then runs on the CPU)
+    first = launch(tiny, "--set", "optim.epochs=400", "--seeds", "0", "--gpus", "auto")[0]
+    wait_for(lambda: status(first).get("state") == "running", 60)
+    second = launch(tiny, "--seeds", "1", "--gpus", "auto")[0]
+    time.sleep(4)
+    waiting = show(second["id"])
+    assert waiting["state"] == "queued" and status(second)["waiting_for"] == "1 GPU(s) of [0]"
+    assert dmltui("runs", "stop", first["id"]).returncode == 0
+    wait_for(lambda: status(second).get("state") in ("running", "finished"), 60)
+    assert status(second)["gpus"] == [0]
+    wait_for(lambda: status(second).get("state") == "finished", 120)
+
+
+def test_stop_a_queued_run(tiny, monkeypatch):
+    monkeypatch.setenv("DMLTUI_GPUS", "0")
+    holder = launch(tiny, "--set", "optim.epochs=400", "--seeds", "0", "--gpus", "auto")[0]
+    wait_for(lambda: status(holder).get("state") == "running", 60)
+    queued = launch(tiny, "--seeds", "1", "--gpus", "auto")[0]
+    wait_for(lambda: status(queued).get("waiting_for"), 30)
+    for record in (queued, holder):
+        result = dmltui("runs", "stop", record["id"], "--json")
+        assert result.returncode == 0 and json.loads(result.stdout)[0]["state"] == "stopped"
+
+
+def test_store_rebuild_restores_every_run_with_tags_and_notes(tiny, isolated_env):
+    records = launch(tiny, "--seeds", "0-1", "--gpus", "cpu", "--set", "optim.epochs=1")
+    for record in records:
+        wait_for(lambda r=record: status(r).get("state") == "finished", 120)
+    assert dmltui("runs", "tag", records[0]["id"], "keep", "best").returncode == 0
+    assert dmltui("runs", "note", records[1]["id"], "lr too high?").returncode == 0
+    before = {r["id"]: r for r in runs_json()}
+    (isolated_env / "runs.json").write_text('{"runs": {"1": ')  # corrupt
+    broken = dmltui("runs", "list")
+    assert broken.returncode == 1 and "is corrupt" in broken.stderr and "dmltui db rebuild" in broken.stderr
+    rebuilt = dmltui("db", "rebuild", "--json")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    report = json.loads(rebuilt.stdout)
+    assert Path(report["previous"]).read_text() == '{"runs": {"1": '  # kept, not deleted
+    after = {r["id"]: r for r in runs_json()}
+    assert set(after) == set(before)
+    for run_id, record in before.items():
+        for key in ("name", "state", "best", "tags", "notes", "run_dir", "config", "preset"):
+            assert after[run_id][key] == record[key], key
+
+
+def test_import_rerun_rm_and_sweep(tiny, tmp_path):
+    run_dir = tmp_path / "outside"
+    engine = subprocess.run([str(Path(__import__("sys").executable)), "-m", "engine", "--preset", "tiny", "--run-dir", str(run_dir),
+                             "--set", "optim.epochs=1"], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "DMLTUI_PRESETS": str(Path(os.environ["DMLTUI_HOME"]) / "presets")})
+    assert engine.returncode == 0, engine.stderr
+    imported = dmltui("import", str(run_dir), "--json")
+    assert imported.returncode == 0, imported.stderr
+    [record] = json.loads(imported.stdout)
+    assert record["state"] == "finished" and record["run_dir"] == str(run_dir.resolve())
+    assert dmltui("import", str(run_dir)).stderr.strip().endswith("is already recorded")
+    assert dmltui("import", str(tmp_path)).returncode == 3
+
+    again = dmltui("runs", "rerun", record["id"], "--gpus", "cpu", "--json")
+    assert again.returncode == 0, again.stderr
+    new = json.loads(again.stdout)
+    assert new["id"] != record["id"] and new["config"] == record["config"]
+    wait_for(lambda: status(new).get("state") == "finished", 120)
+
+    declined = subprocess.run([str(Path(__import__("sys").executable).with_name("dmltui")), "runs", "rm", record["id"]],
+                              input="n\n", capture_output=True, text=True)
+    assert declined.returncode == 1 and run_dir.exists()
+    assert dmltui("runs", "rm", record["id"], "--yes").returncode == 0
+    assert not run_dir.exists() and record["id"] not in {r["id"] for r in runs_json()}
+    assert dmltui("runs", "rm", new["id"], "--keep-files", "--yes").returncode == 0
+    assert Path(new["run_dir"]).exists()
+
+    dry = dmltui("sweep", tiny, "--grid", "loss.margin.beta=0.6,1.2", "--grid", "optim.lr=1e-3,1e-4", "--seeds", "0-1",
+                 "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert len(planned) == 8 and {"loss.margin.beta": "0.6", "optim.lr": "1e-3"} in [p["grid"] for p in planned]
+    bad = dmltui("sweep", tiny, "--grid", "loss.margin.beta=0.6,high", "--seeds", "0")
+    assert bad.returncode == 2 and "loss.margin.beta = 'high'" in bad.stderr
+    assert runs_json() == []  # nothing launched by the dry run or the invalid sweep
+
+
+def test_run_errors_and_doctor(tiny):
+    assert dmltui("run", "nosuch").returncode == 3
+    assert dmltui("run", tiny, "--set", "optim.epochs=-1").returncode == 2
+    assert dmltui("run", tiny, "--gpus", "0,x").returncode == 2
+    assert dmltui("runs", "stop", "nope").returncode == 3
+    doctor = dmltui("doctor", "--json")
+    assert doctor.returncode == 0, doctor.stdout
+    checks = {c["check"]: c for c in json.loads(doctor.stdout)}
+    assert {"python", "torch", "cuda", "gpus", "faiss", "wandb", "store", "data"} <= set(checks)
