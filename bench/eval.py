@@ -43,7 +43,7 @@ RETRIEVAL = ["e_recall@1", "e_recall@10", "e_recall@100", "e_recall@1000", "map_
 NOISE = 0.13
 
 
-def class_sizes(n: int, rng) -> "np.ndarray":  # noqa: F821
+def class_sizes(n: int, rng):
     """Class sizes in 2..12 with SOP's mean (60,502 / 11,316 ≈ 5.35), summing to exactly n."""
     import numpy as np
 

@@ -33,14 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.metrics.neighbours import (
-    auto_chunk_size,
-    distance_rows,
-    gallery_offset,
-    prepare,
-    search_blocks,
-    self_knn_symmetric,
-)
+from engine.metrics.neighbours import distance_rows, gallery_offset, prepare, search_blocks
 
 MAP_LIMITS = {"1000": 1000, "lim": 1023}
 MUSGRAVE = ("precision_at_1", "r_precision", "map_at_r", "mean_reciprocal_rank")
@@ -54,7 +47,6 @@ def map_rank_limit(variant: str, n_visible: int, max_class_size: int) -> int:
 
 
 SMALL_RECALL_K = 16  # recall ks up to this are read from the top-k selection when it is this deep anyway
-SYMMETRIC_MAX_DEPTH = 64  # CPU self-searches this shallow use the symmetric pass
 MEMBER_TABLE_MAX = 64  # class sizes up to this use a per-query table of same-class gallery rows
 
 
@@ -131,8 +123,7 @@ def retrieval_pass(
     checks that every k fits the gallery and that some query has R_q ≥ 1 when an
     extra metric is asked for. *backend*: 'torch' or 'faiss'.
     """
-    self_search = gallery is None
-    if self_search:
+    if gallery is None:
         gallery, gallery_ids = x, class_ids
         self_index = torch.arange(x.shape[0], device=x.device)
     n_q, n_g = x.shape[0], gallery.shape[0]
@@ -170,11 +161,6 @@ def retrieval_pass(
 
         blocks = faiss_search_blocks(x, gallery, depth, metric=metric, self_index=self_index, chunk_size=chunk_size,
                                      on_gpu=on_gpu)
-    elif self_search and device.type == "cpu" and depth <= SYMMETRIC_MAX_DEPTH:
-        # CPU self-search: every pair's product once (half the matmul work), ranks counted afterwards
-        nearest = self_knn_symmetric(x, depth, metric=metric)
-        step = chunk_size or auto_chunk_size(n_g)
-        blocks = ((s, nearest[s : s + step], None) for s in range(0, n_q, step))
     else:
         blocks = search_blocks(x, gallery, depth, metric=metric, self_index=self_index, chunk_size=chunk_size)
 
@@ -216,7 +202,7 @@ def retrieval_pass(
                 else:
                     later.append(start + beyond)
 
-    if later:  # no distance rows came with the neighbours (faiss, symmetric pass): rank those queries now
+    if later:  # faiss gave no distance rows: rank those queries with torch distances
         rows = torch.cat(later).to("cpu")
         q = prepare(x.detach().to("cpu", torch.float32), metric)
         g = prepare(gallery.detach().to("cpu", torch.float32), metric)
