@@ -13,15 +13,19 @@ from engine.data import ImageDataset
 
 @torch.no_grad()
 def embed_dataset(model: torch.nn.Module, dataset: ImageDataset, *, batch_size: int, device: torch.device,
-                  workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (float32, on the CPU) and labels of every item, in dataset order, in eval mode."""
+                  workers: int = 0, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (float32, on the CPU) and labels of every item, in dataset order, in eval mode
+    (under the caller's autocast, if any)."""
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     chunks, labels = [], []
     for images, batch_labels, _ in loader:
-        chunks.append(model(images.to(device, non_blocking=True)).float().cpu())
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        chunks.append(model(images).float().cpu())
         labels.append(batch_labels)
     model.train(was_training)
     return torch.cat(chunks), torch.cat(labels)

@@ -177,10 +177,18 @@ class Trainer:
         ).to(self.device)
         self.criterion = losses.from_config(cfg, self.num_classes).to(self.device)
         self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        if cfg.run.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # The compiled module shares parameters with self.model, whose state dict the checkpoints keep.
+        self.forward_model = torch.compile(self.model) if cfg.run.compile else self.model
+        self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.amp]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.amp == "fp16")
+        self.wandb = None
         if cfg.log.online:
-            log.warning("log.online is set, but W&B logging is not part of this engine version yet; metrics go to metrics.jsonl only")
-        milestones = cfg.optim.tau if cfg.optim.scheduler == "step" else []
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=cfg.optim.gamma)
+            from engine.wandb_logger import WandbLogger
+
+            self.wandb = WandbLogger(cfg, self.run_dir.path)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info(
             "dataset %s: %d train images / %d classes, %d test images / %d classes%s",
@@ -195,6 +203,18 @@ class Trainer:
             "model %s (%s trainable parameters) | loss %s | miner %s | sampler %s | device %s",
             cfg.model.arch, f"{n_params:,}", cfg.loss.name, cfg.miner.name, cfg.sampler.name, self.device,
         )
+
+    def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.config.optim
+        if cfg.scheduler == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
+        milestones = cfg.tau if cfg.scheduler == "step" else []
+        return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=cfg.gamma)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config.optim
@@ -222,13 +242,17 @@ class Trainer:
         batch_size = cfg.batch_size or self.config.sampler.batch_size
         results = {}
         for split, dataset in self.eval_sets.items():
-            embeddings, labels = embed_dataset(self.model, dataset, batch_size=batch_size, device=self.device)
+            with self.autocast():
+                embeddings, labels = embed_dataset(self.model, dataset, batch_size=batch_size, device=self.device,
+                                                   channels_last=self.config.run.channels_last)
             values, missing = evaluate_embeddings(embeddings, labels, cfg.metrics, seed=self.config.run.seed, on_gpu=cfg.on_gpu,
                                                   backend=cfg.backend)
             record = {"kind": "eval", "epoch": epoch, "step": self.step, "split": split, "time": now_iso(), "metrics": values}
             if missing:
                 record["missing"] = missing
             self.run_dir.append_metrics(record)
+            if self.wandb:
+                self.wandb.log(epoch, split, values)
             results[split] = values
         return results
 
@@ -258,6 +282,7 @@ class Trainer:
             "loss": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "best": self.best,
             "config": self.config.to_dict(),
             "rng": {
@@ -273,6 +298,8 @@ class Trainer:
         self.criterion.load_state_dict(state["loss"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.resume_batch = state.get("batch_in_epoch", 0)
         self.epoch_losses = list(state.get("epoch_losses", []))
@@ -309,14 +336,22 @@ class Trainer:
         task = progress.add_task(f"epoch {self.epoch}/{self.config.optim.epochs}", total=total, completed=len(losses_seen)) if progress else None
         for images, labels, _ in self.loader:
             images = images.to(self.device, non_blocking=True)
+            if self.config.run.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(self.device, non_blocking=True)
-            embeddings = self.model(images)
-            loss = self.criterion(embeddings, labels)
+            with self.autocast():
+                embeddings = self.forward_model(images)
+            loss = self.criterion(embeddings, labels)  # losses run in float32 (DMLLoss upcasts)
             if not torch.isfinite(loss):
                 raise Diverged(f"loss became {loss.item()} at epoch {self.epoch}, step {self.step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            if self.config.optim.grad_clip is not None:
+                self.scaler.unscale_(self.optimizer)
+                parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(parameters, self.config.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.step += 1
             losses_seen.append(loss.item())
             if progress:
@@ -357,6 +392,8 @@ class Trainer:
                 self.run_dir.append_metrics(
                     {"kind": "train", "epoch": epoch, "step": self.step, "split": "train", "time": now_iso(), "metrics": figures}
                 )
+                if self.wandb:
+                    self.wandb.log(epoch, "train", figures)
                 last = epoch == cfg.optim.epochs
                 results = self.evaluate(epoch) if last or epoch % cfg.eval.every == 0 else {}
                 self.save_checkpoints(results)
@@ -434,6 +471,8 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
         except Exception as error:
             log.exception("run failed")
             outcome = Outcome("failed", trainer.epoch, trainer.best, f"{type(error).__name__}: {error}")
+    if getattr(trainer, "wandb", None):
+        trainer.wandb.finish(outcome.state)
     rd.update_status(state=outcome.state, ended_at=now_iso(), epoch=outcome.epoch, error=outcome.error, best=outcome.best)
     log.info("run %s: %s", outcome.state, rd.path)
     return outcome

@@ -226,3 +226,38 @@ def test_resume_errors(tmp_path):
     trainer.run(config, tmp_path / "done", show_progress=False)
     with pytest.raises(trainer.ResumeError, match="already trained all 1 epochs"):
         trainer.run(config, tmp_path / "done", show_progress=False, resume=True)
+
+
+def test_amp_channels_last_clipping_cosine_and_compile_switches(tmp_path, monkeypatch):
+    compiled, clipped = [], []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: clipped.append(max_norm) or real_clip(params, max_norm))
+    config = digits_config("run.amp='bf16'", "run.channels_last=true", "run.compile=true", "optim.grad_clip=0.5",
+                           "optim.scheduler='cosine'", "optim.epochs=2", "optim.lr=0.01")
+    outcome = trainer.run(config, tmp_path / "run", show_progress=False)
+    assert outcome.state == "finished"
+    assert len(compiled) == 1 and clipped and set(clipped) == {0.5}
+    train = [r["metrics"] for r in RunDir(tmp_path / "run").read_metrics() if r["kind"] == "train"]
+    assert train[0]["lr"] == pytest.approx(0.01) and train[1]["lr"] == pytest.approx(0.005)  # cosine over 2 epochs
+    evals = [r["metrics"]["e_recall@1"] for r in RunDir(tmp_path / "run").read_metrics() if r["kind"] == "eval"]
+    assert all(0 <= v <= 1 for v in evals)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert "scaler" in state
+
+
+def test_wandb_offline_run_directory_and_no_key_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = digits_config("log.online=true", "log.project='dml-test'", "log.group='margin'", "optim.epochs=1", "run.seed=3")
+    outcome = trainer.run(config, tmp_path / "run", show_progress=False)
+    assert outcome.state == "finished"
+    offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    [events] = offline[0].glob("run-*.wandb")  # the offline event file wandb sync would upload
+    content = events.read_bytes()
+    assert b"margin_s3" in content and b"dml-test" in content and b"e_recall@1" in content
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file() and path.suffix in (".toml", ".json", ".jsonl", ".log", ".yaml"):
+            assert "a" * 40 not in path.read_text(errors="ignore"), path

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dmltui.cli import db, launch, presets, quickstart, runs, schema
+from dmltui.cli import compare, db, launch, presets, quickstart, runs, schema
 from dmltui.cli.common import ExitCode
 from dmltui.store import StoreBusy, StoreError
 
@@ -26,6 +26,8 @@ app.command("sweep")(launch.sweep)
 app.command("import")(db.import_runs)
 app.command("doctor")(db.doctor)
 app.command("schema")(schema.schema)
+app.command("compare")(compare.compare)
+app.command("report")(compare.report)
 
 
 def main() -> None:

@@ -271,9 +271,12 @@ class OptimConfig(Section):
     weight_decay: float = Field(4e-4, ge=0, description="Weight decay of the network parameters (the original's --decay).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     epochs: int = Field(150, ge=1, description="Number of training epochs (the original's --n_epochs).")
-    scheduler: Literal["step", "none"] = Field("step", description="Learning-rate schedule: step (MultiStepLR) or none.")
+    scheduler: Literal["step", "cosine", "none"] = Field(
+        "step", description="Learning-rate schedule: step (MultiStepLR at tau), cosine (to 0 over the epochs) or none."
+    )
     gamma: float = Field(0.3, gt=0, description="MultiStepLR decay factor.")
     tau: list[int] = Field([1000], description="MultiStepLR milestones in epochs (1000 > epochs: no decay, as in the paper).")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm of all parameters to this value; None: no clipping.")
 
 
 # --------------------------------------------------------------------------- eval
@@ -359,6 +362,9 @@ class RunConfig(Section):
     gpus: list[int] = Field(default_factory=lambda: [0], description="GPU indices to use (the original's --gpu).")
     deterministic: bool = Field(True, description="Ask cuDNN and torch for deterministic kernels.")
     threads: int | None = Field(None, ge=1, description="CPU threads of torch; default: torch's choice.")
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="Mixed precision of forward passes (fp16 adds loss scaling); losses stay fp32.")
+    channels_last: bool = Field(False, description="Use the channels-last memory format for images and the network (faster convs on GPUs).")
+    compile: bool = Field(False, description="Compile the network with torch.compile.")
 
 
 # --------------------------------------------------------------------------- root

@@ -9,10 +9,9 @@ from torch import nn
 from torchvision import models as tvm
 
 from engine.models import ARCHITECTURES, Backbone
+from engine.models.weights import WeightsError
 
-
-class WeightsError(RuntimeError):
-    """Pretrained weights that cannot be found or loaded; the message says how to proceed."""
+__all__ = ["WeightsError", "build"]
 
 
 def _load_resnet50(pretrained: bool, weights_path: str | None) -> nn.Module:

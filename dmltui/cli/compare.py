@@ -1,0 +1,144 @@
+"""``dmltui compare`` and ``dmltui report``: runs side by side, mean ± std over seeds, the paper's tables and figures."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from dmltui import compare as cmp
+from dmltui import runs as run_ops
+from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.cli.runs import _matches, refreshed_runs
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    markdown = "markdown"
+    latex = "latex"
+    json = "json"
+
+
+PresetOption = Annotated[str | None, typer.Option("--preset", help="only runs of this preset")]
+TagOption = Annotated[str | None, typer.Option("--tag", help="only runs with this tag")]
+DatasetOption = Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")]
+GROUP_HELP = "preset, name (its -s<seed>/_s<seed> suffix removed) or a dotted config key such as loss.name"
+
+
+def _find(run_id: str) -> dict:
+    try:
+        return run_ops.find(run_id)
+    except KeyError:
+        fail(f"no run with id {run_id!r} (or the prefix matches several)", ExitCode.NOT_FOUND)
+
+
+def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
+    if run_ids:
+        records, seen = [], set()
+        for run_id in run_ids:
+            record = _find(run_id)
+            if record["id"] not in seen:
+                seen.add(record["id"])
+                records.append(record)
+    else:
+        records = refreshed_runs()
+    return [r for r in records if _matches(r, None, preset, tag, dataset, None)]
+
+
+def _print_table(table_rows: cmp.TableRows) -> None:
+    table = Table(*table_rows.headers, box=None, pad_edge=False)
+    for r, line in enumerate(table_rows.rows):
+        table.add_row(*(f"[bold]{escape(cell)}[/]" if (r, c) in table_rows.bold else escape(cell)
+                        for c, cell in enumerate(line)))
+    stdout.print(table)
+
+
+def compare(
+    run_ids: Annotated[list[str] | None, typer.Argument(help="run ids (or unique prefixes); optional with --group-by")] = None,
+    group_by: Annotated[str | None, typer.Option("--group-by", help=f"mean ± std over groups of runs: {GROUP_HELP}")] = None,
+    metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metric to show (e_recall@1, nmi, mAP_c...); "
+                                                     "repeatable; default: the paper's that were logged")] = None,
+    split: Annotated[str, typer.Option("--split", help="split of the best values: test, val or train")] = "test",
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
+    all_states: Annotated[bool, typer.Option("--all-states", help="group unfinished runs too (default: finished only)")] = False,
+    preset: PresetOption = None,
+    tag: TagOption = None,
+    dataset: DatasetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
+) -> None:
+    """Compare runs: the config keys that differ and each run's best metrics (with their epochs); with
+    --group-by, mean ± std over each group's runs of every run's best epoch, as in the paper (std ddof=0)."""
+    if as_json:
+        fmt = Format.json
+    if not run_ids and not group_by:
+        fail("give run ids to compare, or --group-by to compare groups of runs", ExitCode.USAGE)
+    records = _select(run_ids, preset, tag, dataset)
+    if not records:
+        fail("no runs match the filters", ExitCode.NOT_FOUND)
+    if group_by:
+        if not all_states:
+            finished = [r for r in records if r.get("state") == "finished"]
+            if len(finished) < len(records):
+                print(f"note: left out {len(records) - len(finished)} unfinished run(s); --all-states includes them",
+                      file=sys.stderr)
+            if not finished:
+                fail(f"none of the {len(records)} matching run(s) is finished (use --all-states)", ExitCode.NOT_FOUND)
+            records = finished
+    metrics = list(metric) if metric else cmp.default_metrics(records, split)
+    if not metrics:
+        splits = cmp.logged_splits(records)
+        fail(f"these runs logged no metric on split {split!r}; splits with metrics: {', '.join(splits) or 'none'}",
+             ExitCode.USAGE)
+    try:
+        if group_by:
+            rows = cmp.group_summary(records, group_by, metrics, split, include_unfinished=True)
+        else:
+            rows = cmp.comparison(records, metrics, split)
+    except (cmp.MetricNotLogged, cmp.UnknownGroupKey) as error:
+        fail(str(error), ExitCode.USAGE)
+    if fmt is Format.table:
+        _print_table(cmp.to_table_rows(rows, metrics))
+    elif fmt is Format.csv:
+        sys.stdout.write(cmp.to_csv(rows, metrics))
+    elif fmt is Format.markdown:
+        sys.stdout.write(cmp.to_markdown(rows, metrics))
+    elif fmt is Format.latex:
+        sys.stdout.write(cmp.to_latex(rows, metrics))
+    else:
+        sys.stdout.write(cmp.to_json(rows))
+
+
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the tables and figures")] = Path("dmltui-report"),
+    group_by: Annotated[str, typer.Option("--group-by", help=GROUP_HELP)] = "preset",
+    preset: PresetOption = None,
+    tag: TagOption = None,
+    dataset: DatasetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The paper's Result_Evaluations from the finished runs: per-dataset LaTeX and Markdown tables (R@1, R@2,
+    F1, mAP, NMI, best epoch), R@1 against rho and the metric correlation matrix (PNG)."""
+    from dmltui.report import build_report  # deferred: matplotlib
+
+    records = _select(None, preset, tag, dataset)
+    finished = [r for r in records if r.get("state") == "finished"]
+    if not finished:
+        fail(f"no finished runs to report on ({len(records)} matching run(s), none finished)", ExitCode.NOT_FOUND)
+    messages: list[str] = []
+    try:
+        paths = build_report(finished, out, group_by, messages=messages)
+    except cmp.UnknownGroupKey as error:
+        fail(str(error), ExitCode.USAGE)
+    for message in messages:
+        print(f"note: {message}", file=sys.stderr)
+    if as_json:
+        print_json({"out": str(out), "files": [str(p) for p in paths], "skipped": messages})
+        return
+    for path in paths:
+        sys.stdout.write(f"{path}\n")
