@@ -193,7 +193,8 @@ def build_report(records: Sequence[dict[str, Any]], out_dir: str | Path, group_b
             continue
         rows = group_summary(runs, group_by, metrics, include_unfinished=include_unfinished)
         section["table"] = rows
-        caption = f"{dataset}: mean and std over each group's runs of each run's best test epoch (grouped by {group_by})"
+        caption = (f"{dataset}: x100, mean ± std (ddof=0) over each group's runs of each run's best test epoch per metric; "
+                   f"grouped by {group_by}")
         for suffix, text in ((".tex", to_latex(rows, labels=LABELS, caption=caption)),
                              (".md", f"# {dataset}\n\n{caption}.\n\n" + to_markdown(rows, labels=LABELS))):
             path = out / f"table_{stem}{suffix}"

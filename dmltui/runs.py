@@ -200,14 +200,16 @@ def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
     if record["state"] not in ("queued", "running"):
         raise RunError(f"run {record['id']} is {record['state']}; only queued or running runs can be stopped")
     rd = RunDir(record["run_dir"])
-    pid = rd.read_status().get("pid")
+    status = rd.read_status()
+    pid = status.get("pid")
+    group = status.get("pgid") or pid  # torchrun runs: rank 0's pid differs from the launcher's group
     if pid and pid_alive(pid):
-        _signal_group(pid, signal.SIGTERM)
+        _signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if pid_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
+            _signal_group(group, signal.SIGKILL)
             while pid_alive(pid):
                 time.sleep(0.05)
     if rd.read_status().get("state") not in FINAL_STATES:  # killed, or stopped before the engine started

@@ -5,8 +5,9 @@
 It runs in its own session (started with ``start_new_session=True``), so it survives
 the CLI or TUI that launched it and a dropped SSH connection (SIGHUP). While it waits,
 the run is ``queued`` with this process's pid. Once the leases are held it ``exec``s
-``python -m engine --run-dir DIR`` with ``CUDA_VISIBLE_DEVICES`` set: the same pid
-continues as the training process and keeps the lease descriptors.
+``python -m engine --run-dir DIR`` with ``CUDA_VISIBLE_DEVICES`` set (or torchrun with one
+process per GPU when a run holds several): the same pid continues as the training process
+(or its torchrun agent) and keeps the lease descriptors.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ from dmltui import gpus
 from engine.rundir import RunDir, now_iso
 
 
-def engine_argv(run_dir: str, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "engine", "--run-dir", run_dir, *(["--resume"] if resume else [])]
+def engine_argv(run_dir: str, resume: bool, processes: int = 1) -> list[str]:
+    """``python -m engine``, or under torchrun with one process per GPU."""
+    engine = ["-m", "engine", "--run-dir", run_dir, *(["--resume"] if resume else [])]
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *engine]
+    return [sys.executable, *engine]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m dmltui.worker")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--gpus", default="auto", help="auto, cpu, or a comma-separated list of GPU indices")
-    parser.add_argument("--count", type=int, default=1, help="GPUs per run with --gpus auto")
+    parser.add_argument("--count", type=int, default=1, help="GPUs per run with --gpus auto (more than 1: torchrun)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     run_dir = RunDir(args.run_dir)
     run_dir.update_status(pid=os.getpid())  # a launcher that dies before the engine starts reads as crashed
     env = dict(os.environ)
+    processes = 1
     if args.gpus == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     else:
@@ -48,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
                 os.set_inheritable(fd, True)
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in sorted(held))
             run_dir.update_status(waiting_for=None, gpus=sorted(held))
-    os.execve(sys.executable, engine_argv(str(run_dir.path), args.resume), env)
+            processes = len(held)
+    os.execve(sys.executable, engine_argv(str(run_dir.path), args.resume, processes), env)
 
 
 if __name__ == "__main__":

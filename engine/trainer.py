@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from engine import losses, samplers
+from engine import distributed, losses, samplers
 from engine.config.schema import Config
 from engine.data import ImageDataset, build_transform, create_splits
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
@@ -112,12 +112,47 @@ class StopRequested:
         return self.signal is not None
 
 
+class SilentRunDir(RunDir):
+    """The run directory as seen by ranks other than 0: they read, only rank 0 writes."""
+
+    def update_status(self, **fields: Any) -> dict[str, Any]:
+        return {}
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+
+class RankSlice:
+    """This rank's share of a sampler's global batches: whole class groups, in rank order."""
+
+    def __init__(self, sampler, context: distributed.Context, samples_per_class: int):
+        per_rank, remainder = divmod(sampler.batch_size, context.world_size)
+        if remainder or per_rank % samples_per_class:
+            raise ValueError(
+                f"sampler.batch_size={sampler.batch_size} must split into {context.world_size} ranks of whole "
+                f"class groups of sampler.samples_per_class={samples_per_class}"
+            )
+        self.sampler, self.rank, self.per_rank = sampler, context.rank, per_rank
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch=start_batch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+
+
 class Trainer:
-    def __init__(self, config: Config, run_dir: RunDir, *, show_progress: bool | None = None):
+    def __init__(self, config: Config, run_dir: RunDir, *, show_progress: bool | None = None,
+                 context: distributed.Context | None = None):
         self.config = config
         self.run_dir = run_dir
+        self.ctx = context or distributed.Context()
         interactive = sys.stderr.isatty()
-        self.show_progress = config.log.progress and (interactive if show_progress is None else show_progress)
+        self.show_progress = self.ctx.is_main and config.log.progress and (interactive if show_progress is None else show_progress)
         self.epoch = 0
         self.step = 0
         self.best: dict[str, dict[str, Any]] = {}
@@ -131,6 +166,9 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         seed_everything(cfg.run.seed, cfg.run.deterministic)
         self.device = resolve_device(cfg)
+        if self.ctx.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.ctx.local_rank)
+            torch.cuda.set_device(self.device)
         backbone = backbone_info(cfg.model.arch)
         size = cfg.data.image_size or backbone.input_size
         if cfg.data.augmentation == "big" and cfg.data.image_size is None:
@@ -165,9 +203,10 @@ class Trainer:
             samples_per_class=cfg.sampler.samples_per_class,
             seed=cfg.run.seed,
         )
+        batch_sampler = RankSlice(self.sampler, self.ctx, cfg.sampler.samples_per_class) if self.ctx.enabled else self.sampler
         self.loader = DataLoader(
             self.train_set,
-            batch_sampler=self.sampler,
+            batch_sampler=batch_sampler,
             num_workers=cfg.data.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.data.workers > 0,
@@ -180,12 +219,18 @@ class Trainer:
         self.scheduler = self._scheduler()
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # The compiled module shares parameters with self.model, whose state dict the checkpoints keep.
-        self.forward_model = torch.compile(self.model) if cfg.run.compile else self.model
+        # The wrapped/compiled modules share parameters with self.model, whose state dict the checkpoints keep.
+        network: torch.nn.Module = self.model
+        if self.ctx.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            network.register_comm_hook(None, distributed.sum_gradients_hook)
+        self.forward_model = torch.compile(network) if cfg.run.compile else network
         self.amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.run.amp]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.run.amp == "fp16")
         self.wandb = None
-        if cfg.log.online:
+        if cfg.log.online and self.ctx.is_main:
             from engine.wandb_logger import WandbLogger
 
             self.wandb = WandbLogger(cfg, self.run_dir.path)
@@ -238,6 +283,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, epoch: int) -> dict[str, dict[str, Any]]:
+        if not self.ctx.is_main:
+            return {}
         cfg = self.config.eval
         batch_size = cfg.batch_size or self.config.sampler.batch_size
         results = {}
@@ -311,6 +358,8 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     def save_checkpoints(self, results: dict[str, dict[str, Any]]) -> None:
+        if not self.ctx.is_main:
+            return
         state = None
         values = results.get(self.selection_split, {})
         for metric in self.config.eval.storage_metrics:
@@ -341,6 +390,9 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True)
             with self.autocast():
                 embeddings = self.forward_model(images)
+            if self.ctx.enabled:  # the loss sees the global batch; gradients flow through this rank's part
+                embeddings = distributed.gather_with_grad(embeddings, self.ctx)
+                labels = distributed.gather_with_grad(labels, self.ctx)
             loss = self.criterion(embeddings, labels)  # losses run in float32 (DMLLoss upcasts)
             if not torch.isfinite(loss):
                 raise Diverged(f"loss became {loss.item()} at epoch {self.epoch}, step {self.step + 1}")
@@ -356,7 +408,7 @@ class Trainer:
             losses_seen.append(loss.item())
             if progress:
                 progress.update(task, advance=1, description=f"epoch {self.epoch}/{self.config.optim.epochs} loss {losses_seen[-1]:.4f}")
-            if stop:
+            if distributed.any_rank(bool(stop), self.ctx, self.device):
                 return None
         if progress:
             progress.remove_task(task)
@@ -374,7 +426,7 @@ class Trainer:
     def fit(self, stop: StopRequested) -> Outcome:
         cfg = self.config
         self.run_dir.update_status(epoch=self.epoch, epochs=cfg.optim.epochs, step=self.step)
-        if self.epoch == 0 and not self.epoch_losses:  # a fresh run, not a resumed one
+        if self.epoch == 0 and not self.epoch_losses and self.ctx.is_main:  # a fresh run, not a resumed one
             if cfg.eval.raw_pixel_baseline:
                 self.log_raw_pixel_baseline()
             if cfg.eval.at_start:
@@ -386,7 +438,8 @@ class Trainer:
                 self.epoch = epoch
                 figures = self.train_epoch(stop, progress)
                 if figures is None:
-                    atomic_torch_save(self.run_dir.checkpoints / "last.pt", self.state())
+                    if self.ctx.is_main:
+                        atomic_torch_save(self.run_dir.checkpoints / "last.pt", self.state())
                     log.info("stopped in epoch %d after %d batches; checkpoint written", epoch, len(self.epoch_losses))
                     return Outcome("stopped", epoch - 1, self.best)
                 self.run_dir.append_metrics(
@@ -397,6 +450,7 @@ class Trainer:
                 last = epoch == cfg.optim.epochs
                 results = self.evaluate(epoch) if last or epoch % cfg.eval.every == 0 else {}
                 self.save_checkpoints(results)
+                distributed.barrier(self.ctx)  # the other ranks wait for rank 0's evaluation
                 self.scheduler.step()
                 self.run_dir.update_status(epoch=epoch, step=self.step, best=self.best)
                 log.info(
@@ -435,7 +489,8 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
     stopped (model, optimizer, loss parameters, schedule, RNG states, sampler position);
     metrics.jsonl records of the epochs after the checkpoint are dropped first.
     """
-    rd = RunDir(run_dir)
+    context = distributed.init()
+    rd = RunDir(run_dir) if context.is_main else SilentRunDir(run_dir)
     checkpoint = None
     if resume:
         last = rd.checkpoints / "last.pt"
@@ -445,18 +500,21 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
         if checkpoint["epoch"] >= config.optim.epochs and not checkpoint.get("batch_in_epoch"):
             raise ResumeError(f"{rd.path} already trained all {config.optim.epochs} epochs; nothing to resume")
         rd.keep_metrics_until(checkpoint["epoch"])
-    rd.path.mkdir(parents=True, exist_ok=True)
-    rd.checkpoints.mkdir(exist_ok=True)
-    if not rd.config.exists():
-        import tomli_w
+    if context.is_main:
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.checkpoints.mkdir(exist_ok=True)
+        if not rd.config.exists():
+            import tomli_w
 
-        rd.write_config(tomli_w.dumps(config.to_dict()))
-    setup_logging(rd, console=True)
-    rd.write_env()
+            rd.write_config(tomli_w.dumps(config.to_dict()))
+        setup_logging(rd, console=True)
+        rd.write_env()
+    distributed.barrier(context)
     started = {"resumed_at": now_iso()} if resume else {"started_at": now_iso()}
-    rd.update_status(state="running", pid=os.getpid(), host=socket.gethostname(), ended_at=None, error=None, **started)
-    trainer = Trainer(config, rd, show_progress=show_progress)
-    with Heartbeat(rd), StopRequested() as stop:
+    rd.update_status(state="running", pid=os.getpid(), pgid=os.getpgid(0), host=socket.gethostname(), ended_at=None,
+                     error=None, world_size=context.world_size, **started)
+    trainer = Trainer(config, rd, show_progress=show_progress, context=context)
+    with Heartbeat(rd) if context.is_main else nullcontext(), StopRequested() as stop:
         try:
             trainer.build()
             if checkpoint is not None:
@@ -475,4 +533,5 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
         trainer.wandb.finish(outcome.state)
     rd.update_status(state=outcome.state, ended_at=now_iso(), epoch=outcome.epoch, error=outcome.error, best=outcome.best)
     log.info("run %s: %s", outcome.state, rd.path)
+    distributed.shutdown(context)
     return outcome

@@ -261,3 +261,34 @@ def test_wandb_offline_run_directory_and_no_key_stored(tmp_path, monkeypatch):
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file() and path.suffix in (".toml", ".json", ".jsonl", ".log", ".yaml"):
             assert "a" * 40 not in path.read_text(errors="ignore"), path
+
+
+def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
+    """gloo DDP: gathered embeddings + summed gradients give the single-process update.
+
+    The maths says 'identical' for a deterministic loss (no miner randomness), frozen BN (no per-rank batch
+    statistics), no augmentation and plain SGD; Adam would turn float rounding in near-zero gradients into
+    visible differences, so it is not part of the equality check.
+    """
+    common = ["--preset", "quickstart", "--preset", "digits", "--set", "optim.epochs=2", "--set", "sampler.batch_size=64",
+              "--set", "model.arch='smallcnn_frozen_normalize'", "--set", "data.image_size=8", "--set", "run.device='cpu'",
+              "--set", "loss.name='multisimilarity'", "--set", "optim.name='sgd'", "--set", "optim.lr=0.05",
+              "--set", "eval.metrics=['e_recall@1', 'nmi']", "--set", "eval.at_start=false", "--set", "eval.raw_pixel_baseline=false"]
+    single = engine_cli(*common, "--run-dir", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "engine", *common,
+         "--run-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = RunDir(tmp_path / "one").read_metrics(), RunDir(tmp_path / "two").read_metrics()
+    assert [(r["kind"], r["epoch"], r["split"]) for r in one] == [(r["kind"], r["epoch"], r["split"]) for r in two]
+    for a, b in zip(one, two, strict=True):
+        if a["kind"] == "train":
+            assert b["metrics"]["loss"] == pytest.approx(a["metrics"]["loss"], rel=1e-4)
+            assert b["metrics"]["batches"] == a["metrics"]["batches"]
+        else:
+            assert b["metrics"]["e_recall@1"] == pytest.approx(a["metrics"]["e_recall@1"], abs=0.01)
+    status = RunDir(tmp_path / "two").read_status()
+    assert status["state"] == "finished" and status["world_size"] == 2

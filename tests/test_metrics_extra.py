@@ -346,7 +346,9 @@ def plain_lloyd(x: torch.Tensor, init: torch.Tensor, iterations: int) -> tuple[t
 
 
 @pytest.mark.parametrize("k", [7, 60])
-def test_candidate_list_kmeans_equals_plain_lloyd(k):
+@pytest.mark.parametrize("lists", [True, False])
+def test_candidate_list_kmeans_equals_plain_lloyd(k, lists, monkeypatch):
+    monkeypatch.setattr(M.lloyd, "PLAIN_LLOYD_MAX", 0 if lists else 1 << 40)
     rng = np.random.default_rng(40 + k)
     centres = rng.normal(size=(k, 5)) * 3
     x = torch.tensor(centres[rng.integers(0, k, 900)] + rng.normal(size=(900, 5)), dtype=torch.float32)

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from dmltui import compare as cmp
 from dmltui import runs as run_ops
@@ -52,11 +53,14 @@ def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
 
 
 def _print_table(table_rows: cmp.TableRows) -> None:
-    table = Table(*table_rows.headers, box=None, pad_edge=False)
+    """Numbers right-aligned; piped output is never wrapped or cut to 80 columns (a terminal wraps cells)."""
+    columns = [Column(header, justify="right" if c >= table_rows.lead else "left")
+               for c, header in enumerate(table_rows.headers)]
+    table = Table(*columns, box=None, pad_edge=False)
     for r, line in enumerate(table_rows.rows):
         table.add_row(*(f"[bold]{escape(cell)}[/]" if (r, c) in table_rows.bold else escape(cell)
                         for c, cell in enumerate(line)))
-    stdout.print(table)
+    (stdout if stdout.is_terminal else Console(width=100_000)).print(table)
 
 
 def compare(

@@ -47,6 +47,7 @@ def launch(
     gpus: str,
     name: str | None,
     tags: list[str],
+    gpus_per_run: int = 1,
 ) -> list[dict]:
     """Resolve (once per seed), prepare and start detached runs; nothing starts if any config is invalid."""
     library = home.preset_library()
@@ -66,7 +67,7 @@ def launch(
         record = run_ops.prepare_run(item, name=run_name)
         if tags:
             record = run_ops.annotate(record, add_tags=tags)
-        run_ops.launch_detached(record, gpus=gpus)
+        run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run)
         records.append(run_ops.reconcile(record["id"]))
     return records
 
@@ -79,11 +80,12 @@ def run(
                                       callback=validate_gpus)] = "auto",
     name: Annotated[str | None, typer.Option("--name", help="run name stem (default: the last preset)")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag the runs; repeatable")] = None,
+    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="with --gpus auto: GPUs per run (DDP via torchrun)")] = 1,
     follow: Annotated[bool, typer.Option("--follow", help="watch the runs' metrics until they end")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the started runs as JSON")] = False,
 ) -> None:
     """Start training runs in the background (one per seed); they survive this shell and a dropped SSH session."""
-    records = launch(presets, overrides or [], seeds=seeds, gpus=gpus, name=name, tags=tags or [])
+    records = launch(presets, overrides or [], seeds=seeds, gpus=gpus, name=name, tags=tags or [], gpus_per_run=gpus_per_run)
     if as_json:
         print_json(records)
     else:

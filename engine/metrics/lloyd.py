@@ -65,6 +65,7 @@ def assign(
 # full pass would give, at a fraction of the cost once few clusters still change.
 
 CANDIDATES = 8
+PLAIN_LLOYD_MAX = 1 << 22  # n × k up to this: full assignment passes (the same result, fewer small operations)
 
 
 def _rank_distances(x: torch.Tensor, centroids: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
@@ -276,6 +277,8 @@ def kmeans(
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in 1..N = 1..{n}, got {k}")
+    if n * k <= PLAIN_LLOYD_MAX:  # small problems: fewer, larger operations win
+        return _plain_kmeans(x, k, seed=seed, iterations=iterations, chunk_size=chunk_size, init=init)
     chunk = _chunk(k, chunk_size)
     lists = _Candidates(n, min(CANDIDATES, k), x.device, x.dtype)
     if init is not None:
@@ -316,3 +319,31 @@ def _resort(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.
     vals = torch.gather(vals, 1, order)
     vals, order = torch.sort(vals, dim=1, stable=True)
     return vals, torch.gather(ids, 1, order)
+
+
+def _plain_kmeans(
+    x: torch.Tensor, k: int, *, seed: int, iterations: int, chunk_size: int | None, init: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd with a full assignment pass per step (for small n × k); same rules and result as :func:`kmeans`."""
+    if init is not None:
+        centroids = torch.as_tensor(init).to(device=x.device, dtype=x.dtype).clone()
+        if centroids.shape != (k, x.shape[1]):
+            raise ValueError(f"init must be k x D = {k} x {x.shape[1]}, got {tuple(centroids.shape)}")
+    else:
+        generator = torch.Generator().manual_seed(int(seed))
+        centroids = x[_plus_plus(x, k, generator).to(x.device)].clone()
+    ids, dist = assign(x, centroids, chunk_size=chunk_size)
+    for _ in range(iterations):
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+        sums.index_add_(0, ids, x.to(torch.float64))
+        sizes = torch.bincount(ids, minlength=k)
+        empty = torch.nonzero(sizes == 0).flatten()
+        new = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
+        if empty.numel():
+            order = torch.sort(dist, descending=True, stable=True).indices
+            new[empty] = x[order[: empty.numel()]]
+        if torch.equal(new, centroids):
+            break  # converged: the centroids did not move
+        centroids = new
+        ids, dist = assign(x, centroids, chunk_size=chunk_size)
+    return centroids, ids

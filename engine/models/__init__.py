@@ -118,4 +118,5 @@ def backbone_info(arch: str) -> Backbone:
 
 
 # Registration of the built-in backbones (imported for their side effect).
-from engine.models import resnet, smallcnn  # noqa: E402,F401
+from engine.models import bninception, googlenet, resnet, smallcnn  # noqa: E402,F401
+from engine.models.weights import WeightsError  # noqa: E402,F401

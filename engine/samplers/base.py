@@ -2,7 +2,7 @@
 
 :class:`BatchSampler` is a ``batch_sampler`` for ``torch.utils.data.DataLoader``: it
 yields lists of exactly ``batch_size`` dataset indices, ``len(labels) // batch_size``
-batches per epoch, seeded from (run seed, epoch, batch index) through
+batches per epoch, seeded from (run seed, epoch[, batch index]) through
 :meth:`BatchSampler.set_epoch`, so an epoch's batches are the same whether the run
 was resumed or not, and a resume inside an epoch (``start_batch``) yields exactly the
 tail of the uninterrupted sequence.
@@ -11,31 +11,57 @@ tail of the uninterrupted sequence.
 (greedy_coreset, d2_coreset, disthist_batchmatch, fid_batchmatch). The trainer drives
 it through the interface every sampler has (no-ops for memoryless ones)::
 
-    if sampler.needs_memory:
-        sampler.init_memory(embeddings)          # N x D, whole train set, eval transform, before training
+    sampler = engine.samplers.from_config(config, train_labels)
+    if resuming:
+        sampler.load_state_dict(checkpoint["sampler"])   # memory + this epoch's generated batches
+    elif sampler.needs_memory:
+        sampler.init_memory(embeddings)                  # N x D, whole train set in dataset order, eval transform
     for epoch ...:
-        sampler.set_epoch(epoch, start_batch=k)
-        for images, labels, indices in loader:   # loader built with batch_sampler=sampler
+        # (sampler.idx_full_prec: the trainer may call init_memory again here with fresh embeddings)
+        sampler.set_epoch(epoch, start_batch=k)          # k > 0 only for the resumed epoch
+        for images, labels, indices in loader:           # loader built with batch_sampler=sampler
             ...training step...
-            sampler.update_memory(indices, embeddings.detach())
-    checkpoint["sampler"] = sampler.state_dict(); sampler.load_state_dict(...)  # on resume
+            sampler.update_memory(indices, embeddings.detach())   # any device, any float dtype
+        checkpoint["sampler"] = sampler.state_dict()     # {} for memoryless samplers
 
 Batches of a memory sampler are computed lazily, one at a time, when the DataLoader
-asks for them, from the memory as it is at that moment (so updates during the epoch
-are used, as the original intended) and from the RNG stream
-``np.random.default_rng([seed, epoch, batch_index])``: given the same memory, a
-batch is the same. :meth:`MemorySampler.state_dict` also holds the batches of the
-current epoch that were already generated (the DataLoader prefetches ahead of the
-training step), so a resume replays those and is exact with any number of workers.
+asks for them (in the main process), from the memory as it is at that moment (so
+updates during the epoch are used, as the original intended) and from the RNG stream
+``np.random.default_rng([seed, epoch, batch_index])``: given the same memory, a batch
+is the same. :meth:`MemorySampler.state_dict` also holds the batches of the current
+epoch that were already generated (a DataLoader with workers asks for indices
+``prefetch_factor * num_workers`` batches ahead of the training step), so a resume
+replays those and is exact with any number of workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+_BLAS_CONTROLLER: Any = None
+
+
+def single_threaded_blas() -> AbstractContextManager:
+    """A context that runs numpy/scipy BLAS and LAPACK on one thread.
+
+    A batch's linear algebra works on small matrices (≤ bigbs x D), for which
+    multi-threaded OpenBLAS only adds start-up and contention (measured 10-100x slower
+    on a busy machine, where the training process's own threads compete). threadpoolctl
+    comes with scikit-learn; without it this is a no-op."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER = ThreadpoolController()
+        except Exception:  # pragma: no cover - threadpoolctl missing or broken
+            _BLAS_CONTROLLER = False
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas") if _BLAS_CONTROLLER else nullcontext()
 
 
 def seed_entropy(seed: int) -> int:
@@ -47,6 +73,13 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances between the rows of *a* and of *b* (clipped at 0)."""
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     return np.maximum(d, 0.0)
+
+
+def squared_distances_to(x: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances of the rows of *x* to one *point* (elementwise, no BLAS call:
+    the selection loops call it once per pick, where BLAS thread start-up would dominate)."""
+    diff = x - point
+    return np.einsum("ij,ij->i", diff, diff)
 
 
 class BatchSampler:
@@ -213,11 +246,12 @@ class MemorySampler(BatchSampler):
             raise ValueError(f"update_memory got {len(idx)} indices for {x.shape[0]} embeddings")
         _, first = np.unique(idx, return_index=True)
         first = np.sort(first)
-        rows, new = torch.from_numpy(idx[first]), x[torch.from_numpy(first)]
+        rows, new = idx[first], x.numpy()[first]
+        memory = self.memory.numpy()  # shares storage with self.memory
         if 0.0 < self.mb_mom < 1.0:
-            self.memory[rows] = self.mb_mom * self.memory[rows] + (1.0 - self.mb_mom) * new
+            memory[rows] = self.mb_mom * memory[rows] + (1.0 - self.mb_mom) * new
         else:
-            self.memory[rows] = new
+            memory[rows] = new
 
     def memory_rows(self, indices: np.ndarray) -> np.ndarray:
         """Memory entries of *indices* as float64 numpy (N_idx x D)."""
@@ -225,7 +259,8 @@ class MemorySampler(BatchSampler):
             raise RuntimeError(
                 f"sampler {self.name!r} keeps an embedding memory: call init_memory(embeddings) before iterating"
             )
-        return self.memory[torch.from_numpy(np.asarray(indices, dtype=np.int64))].double().numpy()
+        # numpy indexing on the shared storage: torch's parallel gather is slow for these sizes
+        return self.memory.numpy()[np.asarray(indices, dtype=np.int64)].astype(np.float64)
 
     # ------------------------------------------------------------------ epochs and resume
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -237,7 +272,11 @@ class MemorySampler(BatchSampler):
         replay, self._replay = self._replay, {}
         self._generated = {}
         for index in range(self.start_batch, self.num_batches):
-            batch = replay[index] if index in replay else self.make_batch(self.batch_rng(index))
+            if index in replay:
+                batch = replay[index]
+            else:
+                with single_threaded_blas():
+                    batch = self.make_batch(self.batch_rng(index))
             self._generated[index] = batch
             yield batch
 
@@ -323,19 +362,20 @@ class BatchMatchSampler(MemorySampler):
                  for _ in range(self.ncomps)]
         return big, cands
 
-    def candidate_costs(self, epoch: int, index: int) -> tuple[list[list[int]], list[float]]:
-        """Candidates of batch *index* of *epoch* and their costs, from the current memory
-        (for inspection and tests; the yielded batch is the lowest-cost candidate)."""
+    def candidate_costs(self, epoch: int, index: int) -> tuple[list[int], list[list[int]], list[float]]:
+        """Big batch, candidates and their costs of batch *index* of *epoch*, from the current
+        memory (for inspection and tests; the yielded batch is the lowest-cost candidate)."""
         saved = self.epoch
         self.epoch = epoch
         try:
             rng = self.batch_rng(index)
         finally:
             self.epoch = saved
-        big, cands = self.candidates(rng)
-        stats = self.summary(self.memory_rows(big))
-        costs = [self.cost(stats, self.memory_rows(c)) for c in cands]
-        return [[int(i) for i in c] for c in cands], costs
+        with single_threaded_blas():
+            big, cands = self.candidates(rng)
+            stats = self.summary(self.memory_rows(big))
+            costs = [self.cost(stats, self.memory_rows(c)) for c in cands]
+        return [int(i) for i in big], [[int(i) for i in c] for c in cands], costs
 
     def make_batch(self, rng: np.random.Generator) -> list[int]:
         big, cands = self.candidates(rng)

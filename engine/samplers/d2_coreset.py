@@ -11,6 +11,14 @@ samples_per_class - 1 more points are drawn without replacement with probability
 evaluated in log space (so neither factor under- or overflows). Each selected sample
 is followed by samples_per_class - 1 random samples of its class.
 
+Behaviour worth knowing (the rule is the original's): the sum of squared distances
+equals k·‖x − centroid(selected)‖² + const, so it pushes picks away from the selected
+centroid rather than from every selected point, and the density factor pulls them to
+the centre. At the default λ = 1 the picks are *tighter* than uniform ones (mean
+pairwise distance ≈ 0.8-0.95 x random on Gaussian, uniform and clustered data in
+2-8 dimensions); λ = 0 is pure density sampling; only a larger λ (≈ 2-4 in 2-D, ≈ 8 in
+8-D) spreads them wider than random. The spread grows monotonically with λ.
+
 Departures from the original:
 
 * The selected positions map to dataset indices through the same subset they were
@@ -20,6 +28,8 @@ Departures from the original:
 * Lazy per-batch computation from the current memory with (seed, epoch, batch index)
   RNG streams instead of a joblib precomputation per epoch; ``mb_mom`` in (0, 1) is a
   moving-average memory update; same-class partners are distinct when possible.
+* ``lowproj_dim > 0``: one fixed, seeded Gaussian projection applied as embeddings enter
+  the memory (the original drew a fresh random ``nn.Linear`` for every big batch).
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ import numpy as np
 from scipy.linalg import cholesky, solve_triangular
 
 from engine.samplers import SAMPLERS
-from engine.samplers.base import CoresetSampler, MemorySampler, squared_distances
+from engine.samplers.base import CoresetSampler, MemorySampler, squared_distances_to
 
 RIDGE = 1e-4
 
@@ -59,11 +69,11 @@ class D2CoresetSampler(CoresetSampler):
         # log N(x; μ, Σ) up to a constant: −½ (x−μ)ᵀ Σ⁻¹ (x−μ)
         log_density = -0.5 * (solve_triangular(chol, (x - mean).T, lower=True) ** 2).sum(0)
         draw = mean + chol @ rng.standard_normal(len(mean))
-        first = int(np.argmin(squared_distances(x, draw[None])[:, 0]))
+        first = int(np.argmin(squared_distances_to(x, draw)))
         chosen = [first]
         taken = np.zeros(len(x), dtype=bool)
         taken[first] = True
-        dist_sum = squared_distances(x, x[first][None])[:, 0]
+        dist_sum = squared_distances_to(x, x[first])
         for _ in range(k - 1):
             logits = log_density.copy()
             if self.lam != 0.0:
@@ -77,5 +87,5 @@ class D2CoresetSampler(CoresetSampler):
             nxt = int(rng.choice(len(x), p=p))
             chosen.append(nxt)
             taken[nxt] = True
-            dist_sum += squared_distances(x, x[nxt][None])[:, 0]
+            dist_sum += squared_distances_to(x, x[nxt])
         return np.asarray(chosen)

@@ -12,10 +12,16 @@ matrix Σ_big^{1/2} Σ_cand Σ_big^{1/2} (negative round-off eigenvalues clipped
 which equals Tr((Σ_big Σ_cand)^{1/2}) and needs no complex ``sqrtm`` (a singular
 candidate covariance, batch smaller than the dimension, is fine).
 
-Departures from the original: it is reachable (the original's ``select`` raised a
-NameError); covariances use the unbiased (N − 1) estimate; batches are computed lazily
-from the current memory with (seed, epoch, batch index) RNG streams; ``mb_mom`` in
-(0, 1) is a moving-average memory update.
+Departures from the original:
+
+* It is reachable (the original's ``select`` raised a NameError).
+* The trace term comes from a symmetric eigendecomposition, not ``scipy.linalg.sqrtm``
+  of the non-symmetric product (same value, no complex round-off to discard).
+* Candidates are distinct class groups of the big batch (see disthist_batchmatch).
+* Batches are computed lazily from the current memory with (seed, epoch, batch
+  index) RNG streams; ``mb_mom`` in (0, 1) is a moving-average memory update.
+* ``lowproj_dim > 0``: one fixed, seeded Gaussian projection applied as embeddings enter
+  the memory (the original drew a fresh random ``nn.Linear`` for every big batch).
 """
 
 from __future__ import annotations

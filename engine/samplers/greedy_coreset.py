@@ -20,6 +20,8 @@ Departures from the original:
   never wired it); the same-class partners are distinct other samples of the class
   when it has enough.
 * ``gc_coreset_lim`` (unused by the original) is not taken.
+* ``lowproj_dim > 0``: one fixed, seeded Gaussian projection applied as embeddings enter
+  the memory (the original drew a fresh random ``nn.Linear`` for every big batch).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import ClassVar
 import numpy as np
 
 from engine.samplers import SAMPLERS
-from engine.samplers.base import CoresetSampler, MemorySampler, squared_distances
+from engine.samplers.base import CoresetSampler, MemorySampler, squared_distances_to
 
 SOFTENED_PERCENTILE = 97.0
 
@@ -47,7 +49,7 @@ class GreedyCoresetSampler(CoresetSampler):
         chosen = [int(rng.integers(len(x)))]
         taken = np.zeros(len(x), dtype=bool)
         taken[chosen[0]] = True
-        min_dist = squared_distances(x, x[chosen[0]][None])[:, 0]
+        min_dist = squared_distances_to(x, x[chosen[0]])
         for _ in range(k - 1):
             free = np.flatnonzero(~taken)
             if self.gc_softened:
@@ -58,5 +60,5 @@ class GreedyCoresetSampler(CoresetSampler):
                 nxt = int(free[np.argmax(min_dist[free])])
             chosen.append(nxt)
             taken[nxt] = True
-            min_dist = np.minimum(min_dist, squared_distances(x, x[nxt][None])[:, 0])
+            min_dist = np.minimum(min_dist, squared_distances_to(x, x[nxt]))
         return np.asarray(chosen)
