@@ -99,8 +99,12 @@ def engine_command(run_dir: str | os.PathLike) -> list[str]:
 
 def run_foreground(record: dict[str, Any]) -> int:
     """Run the engine attached to this terminal (its progress bar shows); returns its exit code."""
-    completed = subprocess.run(engine_command(record["run_dir"]), check=False)
-    return completed.returncode
+    process = subprocess.Popen(engine_command(record["run_dir"]))
+    try:
+        return process.wait()
+    except (KeyboardInterrupt, SystemExit):
+        process.wait()  # the engine got the same Ctrl-C: let it checkpoint and end 'stopped'
+        raise
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -18,8 +18,9 @@ def embed_dataset(model: torch.nn.Module, dataset: ImageDataset, *, batch_size: 
     (under the caller's autocast, if any)."""
     was_training = model.training
     model.eval()
+    # A private generator: evaluating must not consume the training's global random stream.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", generator=torch.Generator())
     chunks, labels = [], []
     for images, batch_labels, _ in loader:
         images = images.to(device, non_blocking=True)

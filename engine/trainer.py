@@ -196,17 +196,17 @@ class Trainer:
         self.selection_split = "val" if "val" in self.eval_sets else "test"
         self.num_classes = splits.train.num_classes
 
-        self.sampler = samplers.create(
-            cfg.sampler.name,
-            splits.train.labels,
-            batch_size=cfg.sampler.batch_size,
-            samples_per_class=cfg.sampler.samples_per_class,
-            seed=cfg.run.seed,
-        )
+        self.sampler = samplers.from_config(cfg, splits.train.labels)
+        # Storage samplers keep an embedding memory of the training set (eval transform).
+        self.memory_set = make(splits.train, eval_tf) if self.sampler.needs_memory else None
         batch_sampler = RankSlice(self.sampler, self.ctx, cfg.sampler.samples_per_class) if self.ctx.enabled else self.sampler
+        # The loader draws its workers' base seed from its own generator (re-seeded per epoch), not from the
+        # global RNG: creating an iterator must not shift the miners' random stream, or a resume would.
+        self.loader_generator = torch.Generator()
         self.loader = DataLoader(
             self.train_set,
             batch_sampler=batch_sampler,
+            generator=self.loader_generator,
             num_workers=cfg.data.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.data.workers > 0,
@@ -330,6 +330,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
             "best": self.best,
             "config": self.config.to_dict(),
             "rng": {
@@ -347,6 +348,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if state.get("sampler"):
+            self.sampler.load_state_dict(state["sampler"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
         self.resume_batch = state.get("batch_in_epoch", 0)
         self.epoch_losses = list(state.get("epoch_losses", []))
@@ -378,12 +381,13 @@ class Trainer:
         """One epoch (or its rest, after a resume inside it); None when a stop cut it short."""
         self.model.train()
         self.sampler.set_epoch(self.epoch, start_batch=self.resume_batch)
+        self.loader_generator.manual_seed(self.config.run.seed * 1_000_003 + self.epoch)
         self.resume_batch = 0
         started = time.perf_counter()
         losses_seen = self.epoch_losses
         total = len(self.sampler) + len(losses_seen)
         task = progress.add_task(f"epoch {self.epoch}/{self.config.optim.epochs}", total=total, completed=len(losses_seen)) if progress else None
-        for images, labels, _ in self.loader:
+        for images, labels, indices in self.loader:
             images = images.to(self.device, non_blocking=True)
             if self.config.run.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -393,6 +397,7 @@ class Trainer:
             if self.ctx.enabled:  # the loss sees the global batch; gradients flow through this rank's part
                 embeddings = distributed.gather_with_grad(embeddings, self.ctx)
                 labels = distributed.gather_with_grad(labels, self.ctx)
+                indices = distributed.gather_with_grad(indices.to(self.device), self.ctx)
             loss = self.criterion(embeddings, labels)  # losses run in float32 (DMLLoss upcasts)
             if not torch.isfinite(loss):
                 raise Diverged(f"loss became {loss.item()} at epoch {self.epoch}, step {self.step + 1}")
@@ -404,6 +409,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(parameters, self.config.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.sampler.update_memory(indices, embeddings.detach())  # no-op for memoryless samplers
             self.step += 1
             losses_seen.append(loss.item())
             if progress:
@@ -423,8 +429,19 @@ class Trainer:
             figures["beta_mean"] = float(self.criterion.beta.detach().mean())
         return figures
 
+    def refresh_memory(self) -> None:
+        """(Re)compute the storage sampler's memory: every training image, eval transform."""
+        batch_size = self.config.eval.batch_size or self.config.sampler.batch_size
+        with self.autocast():
+            embeddings, _ = embed_dataset(self.model, self.memory_set, batch_size=batch_size, device=self.device,
+                                          channels_last=self.config.run.channels_last)
+        self.sampler.init_memory(embeddings)
+        log.info("sampler memory: %d embeddings", len(embeddings))
+
     def fit(self, stop: StopRequested) -> Outcome:
         cfg = self.config
+        if self.sampler.needs_memory and self.sampler.memory is None:
+            self.refresh_memory()  # a resumed run restored its memory from the checkpoint
         self.run_dir.update_status(epoch=self.epoch, epochs=cfg.optim.epochs, step=self.step)
         if self.epoch == 0 and not self.epoch_losses and self.ctx.is_main:  # a fresh run, not a resumed one
             if cfg.eval.raw_pixel_baseline:
@@ -435,6 +452,8 @@ class Trainer:
         progress_cm = _progress() if self.show_progress else nullcontext(None)
         with progress_cm as progress:
             for epoch in range(self.epoch + 1, cfg.optim.epochs + 1):
+                if self.sampler.needs_memory and cfg.sampler.idx_full_prec and epoch > 1 and not self.epoch_losses:
+                    self.refresh_memory()
                 self.epoch = epoch
                 figures = self.train_epoch(stop, progress)
                 if figures is None:

@@ -195,9 +195,9 @@ def _comparable(run_dir: Path) -> list:
     ]
 
 
-@pytest.mark.parametrize("stop_after_batches", [3, 4])  # 3 batches per epoch: at the boundary and inside epoch 2
+@pytest.mark.parametrize("stop_after_batches", [7, 10])  # 7 batches per epoch: at the boundary and inside epoch 2
 def test_resume_continues_exactly(tmp_path, monkeypatch, stop_after_batches):
-    config = digits_config("optim.epochs=3", "sampler.batch_size=256", "data.augmentation='small'", "eval.at_start=true")
+    config = digits_config("optim.epochs=3", "sampler.batch_size=128", "data.augmentation='small'", "eval.at_start=true")
     trainer.run(config, tmp_path / "straight", show_progress=False)
 
     calls = {"n": 0}
@@ -211,7 +211,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch, stop_after_batches):
         first = trainer.run(config, tmp_path / "resumed", show_progress=False)
     assert first.state == "stopped"
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)
-    assert (checkpoint["epoch"], checkpoint["batch_in_epoch"]) == divmod(stop_after_batches, 3)
+    # a stop after the epoch's last batch still precedes its evaluation: the epoch is resumed with 0 batches left
+    assert (checkpoint["epoch"], checkpoint["batch_in_epoch"]) == ((stop_after_batches - 1) // 7, (stop_after_batches - 1) % 7 + 1)
     second = trainer.run(config, tmp_path / "resumed", show_progress=False, resume=True)
     assert second.state == "finished" and second.epoch == 3
     assert _comparable(tmp_path / "resumed") == _comparable(tmp_path / "straight")
@@ -292,3 +293,24 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
             assert b["metrics"]["e_recall@1"] == pytest.approx(a["metrics"]["e_recall@1"], abs=0.01)
     status = RunDir(tmp_path / "two").read_status()
     assert status["state"] == "finished" and status["world_size"] == 2
+
+
+@pytest.mark.parametrize("sampler", ["greedy_coreset", "disthist_batchmatch"])
+def test_storage_samplers_train_and_resume_exactly(tmp_path, monkeypatch, sampler):
+    config = digits_config(f"sampler.name='{sampler}'", "sampler.batchmatch_bigbs=128", "sampler.batch_size=64",
+                           "optim.epochs=2", "eval.at_start=false", "eval.raw_pixel_baseline=false")
+    assert trainer.run(config, tmp_path / "straight", show_progress=False).state == "finished"
+    assert "sampler memory: 901 embeddings" in (tmp_path / "straight" / "train.log").read_text()
+    calls = {"n": 0}
+
+    def stop_after(self) -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 20  # 14 batches per epoch: inside epoch 2
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer.StopRequested, "__bool__", stop_after)
+        assert trainer.run(config, tmp_path / "resumed", show_progress=False).state == "stopped"
+    state = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["sampler"]["memory"].shape == (901, 64)
+    assert trainer.run(config, tmp_path / "resumed", show_progress=False, resume=True).state == "finished"
+    assert _comparable(tmp_path / "resumed") == _comparable(tmp_path / "straight")

@@ -93,16 +93,17 @@ def test_start_batch_gives_the_tail(name):
 
 @pytest.mark.parametrize("name", ["random", "full_random"])
 def test_random_sampler_always_has_a_positive_pair(name):
-    labels = np.repeat(np.arange(400), 2)  # 400 classes: a random 20-batch rarely repeats a class by chance
+    labels = np.repeat(np.arange(400), 2)  # 400 classes: 19 uniform draws repeat a class in ~35% of batches
     sampler = samplers.create(name, labels, batch_size=BS, samples_per_class=SPC, seed=0)
     by_chance = 0
     for e in range(5):
         for batch in epoch(sampler, e):
             assert len(batch) == BS
             assert len(set(labels[batch])) < BS  # some class twice
-            assert labels[batch[-1]] in set(labels[batch[:-1]])  # the last sample is a partner
+            last = batch[-1]  # a partner: another sample of an earlier sample's class
+            assert any(labels[j] == labels[last] and j != last for j in batch[:-1])
             by_chance += len(set(labels[batch[:-1]])) < BS - 1
-    assert by_chance < 5 * len(sampler)  # the pair comes from the last sample, not from luck
+    assert by_chance < 0.6 * 5 * len(sampler)  # the pair comes from the last sample, not from luck
 
 
 def test_errors_for_bad_sizes():

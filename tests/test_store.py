@@ -22,7 +22,7 @@ def _writer(path: str, worker: int, count: int) -> None:
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "runs.json"
-    workers, count = 8, 25
+    workers, count = 16, 50
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_writer, args=(str(path), w, count)) for w in range(workers)]
     for p in processes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -30,7 +31,13 @@ app.command("compare")(compare.compare)
 app.command("report")(compare.report)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(int(ExitCode.INTERRUPTED))  # click would turn KeyboardInterrupt into exit code 1
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         app()
     except StoreBusy as error:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +18,7 @@ from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.cli.runs import _matches, refreshed_runs
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     csv = "csv"
     markdown = "markdown"
