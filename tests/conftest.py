@@ -18,9 +18,22 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("datasets")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """pytest-xdist runs one worker per core: more torch threads than cores slow CPU kernels down many times."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, data_root, monkeypatch) -> Path:
     """Every test gets its own DMLTUI_HOME; nothing touches the user's real files."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the subprocesses the tests start, too
+        monkeypatch.setenv(variable, "1")
     home = tmp_path / "home"
     monkeypatch.setenv("DMLTUI_HOME", str(home))
     monkeypatch.setenv("DMLTUI_DATA", str(data_root))

@@ -163,8 +163,11 @@ def test_derived_state_dead_pid_or_silent_heartbeat_is_crashed():
     assert derive_state(stale, now=now, this_host="here") == "crashed"
     elsewhere = {**alive, "host": "other-box", "pid": dead.pid}  # pid of another host is not ours to check
     assert derive_state(elsewhere, now=now, this_host="here") == "running"
-    for final in ("finished", "failed", "stopped", "diverged", "queued"):
+    for final in ("finished", "failed", "stopped", "diverged"):
         assert derive_state({**alive, "pid": dead.pid, "state": final}, now=now, this_host="here") == final
+    assert derive_state({"state": "queued"}, now=now, this_host="here") == "queued"  # prepared, not launched yet
+    queued = {"state": "queued", "host": "here", "pid": dead.pid}  # its launcher died while waiting for a GPU
+    assert derive_state(queued, now=now, this_host="here") == "crashed"
 
 
 def test_existing_run_dir_config_is_the_configuration(tmp_path):
@@ -195,7 +198,9 @@ def _comparable(run_dir: Path) -> list:
     ]
 
 
-@pytest.mark.parametrize("stop_after_batches", [7, 10])  # 7 batches per epoch: at the boundary and inside epoch 2
+@pytest.mark.parametrize(  # 7 batches per epoch: at the boundary and inside epoch 2
+    "stop_after_batches", [pytest.param(7, marks=pytest.mark.slow), 10]
+)
 def test_resume_continues_exactly(tmp_path, monkeypatch, stop_after_batches):
     config = digits_config("optim.epochs=3", "sampler.batch_size=128", "data.augmentation='small'", "eval.at_start=true")
     trainer.run(config, tmp_path / "straight", show_progress=False)
@@ -264,6 +269,7 @@ def test_wandb_offline_run_directory_and_no_key_stored(tmp_path, monkeypatch):
             assert "a" * 40 not in path.read_text(errors="ignore"), path
 
 
+@pytest.mark.slow
 def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     """gloo DDP: gathered embeddings + summed gradients give the single-process update.
 
@@ -295,6 +301,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     assert status["state"] == "finished" and status["world_size"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["greedy_coreset", "disthist_batchmatch"])
 def test_storage_samplers_train_and_resume_exactly(tmp_path, monkeypatch, sampler):
     config = digits_config(f"sampler.name='{sampler}'", "sampler.batchmatch_bigbs=128", "sampler.batch_size=64",
