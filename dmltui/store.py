@@ -33,12 +33,22 @@ class StoreBusy(StoreError):
 
 
 class AtomicJSONStorage(Storage):
-    """TinyDB storage that reads a JSON file and replaces it atomically on write."""
+    """TinyDB storage that reads a JSON file and replaces it atomically on write.
+
+    One instance lives for one locked operation, so the file cannot change under it: the
+    parsed content is kept after the first read (TinyDB reads the whole file per call).
+    """
 
     def __init__(self, path: str):
         self.path = Path(path)
+        self._cache: dict[str, Any] | None = None
 
     def read(self) -> dict[str, Any] | None:
+        if self._cache is None:
+            self._cache = self._read_file()
+        return self._cache
+
+    def _read_file(self) -> dict[str, Any] | None:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -57,7 +67,8 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, Any]) -> None:
-        atomic_write_text(self.path, json.dumps(data, sort_keys=True))
+        atomic_write_text(self.path, json.dumps(data, separators=(",", ":")))
+        self._cache = data
 
     def close(self) -> None:
         pass
