@@ -9,7 +9,6 @@ from engine.registry import Registry
 _REGISTRIES = {
     "dataset": ("engine.data", "DATASETS"),
     "augmentation": ("engine.data.transforms", "AUGMENTATIONS"),
-    "arch": ("engine.models", "ARCHITECTURES"),
     "loss": ("engine.losses", "LOSSES"),
     "miner": ("engine.miners", "MINERS"),
     "sampler": ("engine.samplers", "SAMPLERS"),
