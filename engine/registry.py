@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +21,13 @@ def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
     """Return ' (did you mean X?)' when *value* is close to one of *choices*, else ''."""
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def import_package_modules(package: str, path: list[str]) -> None:
+    """Import every public module of a package (not ``base``, not ``_private``): each registers itself by name."""
+    for module in pkgutil.iter_modules(path):
+        if module.name != "base" and not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")
 
 
 class UnknownNameError(KeyError):

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.losses.base import DMLLoss
 from engine.miners import MINERS, Miner
-from engine.registry import Registry
+from engine.registry import Registry, import_package_modules
 
 LOSSES: Registry[type[DMLLoss]] = Registry("loss")
 
@@ -52,16 +52,6 @@ def check_miner_compatibility(loss_name: str, miner_name: str) -> None:
         raise ValueError(f"miner.name={miner_name!r} cannot feed loss.name={loss_name!r}; allowed miners: {', '.join(allowed)}")
 
 
-def _register_builtin() -> None:
-    """Import every module of this package: each registers its loss by name."""
-    import importlib
-    import pkgutil
-
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_register_builtin()
+import_package_modules(__name__, __path__)  # each module registers its loss by name
 
 __all__ = ["LOSSES", "DMLLoss", "check_miner_compatibility", "create", "from_config", "list_losses", "uses_miner"]

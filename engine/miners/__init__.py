@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.miners.base import Miner, Triplets
-from engine.registry import Registry
+from engine.registry import Registry, import_package_modules
 
 MINERS: Registry[type[Miner]] = Registry("miner")
 
@@ -26,16 +26,6 @@ def from_config(config) -> Miner:
     return MINERS.get(config.miner.name).from_config(config)
 
 
-def _register_builtin() -> None:
-    """Import every module of this package: each registers its miner by name."""
-    import importlib
-    import pkgutil
-
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_register_builtin()
+import_package_modules(__name__, __path__)  # each module registers its miner by name
 
 __all__ = ["MINERS", "Miner", "Triplets", "create", "from_config", "list_miners"]

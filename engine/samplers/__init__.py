@@ -21,7 +21,7 @@ memory interface of the storage samplers.
 
 from __future__ import annotations
 
-from engine.registry import Registry
+from engine.registry import Registry, import_package_modules
 
 SAMPLERS: Registry[type] = Registry("sampler")
 
@@ -45,17 +45,7 @@ def needs_memory(name: str) -> bool:
     return bool(getattr(SAMPLERS.get(name), "needs_memory", False))
 
 
-def _register_builtin() -> None:
-    """Import every module of this package: each registers its sampler by name."""
-    import importlib
-    import pkgutil
-
-    for module in pkgutil.iter_modules(__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
-_register_builtin()
+import_package_modules(__name__, __path__)  # each module registers its sampler by name
 
 from engine.samplers.base import BatchSampler, MemorySampler  # noqa: E402
 
