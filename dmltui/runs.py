@@ -166,6 +166,22 @@ def reconcile(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
     return store.update(run_id, summarize(record["run_dir"]))
 
 
+def reconcile_many(run_ids: list[str], store: RunStore | None = None) -> list[dict[str, Any]]:
+    """Reconcile several runs with one store write (the runs list and the TUI refresh all live runs at once)."""
+    store = store or open_store()
+    records = {r["id"]: r for r in store.all()}
+    changes = {}
+    for run_id in run_ids:
+        if run_id not in records:
+            continue
+        run_dir = records[run_id]["run_dir"]
+        if Path(run_dir).is_dir():
+            changes[run_id] = summarize(run_dir)
+        else:
+            changes[run_id] = {"state": "crashed", "error": f"run directory {run_dir} is gone"}
+    return store.update_many(changes) if changes else []
+
+
 # --------------------------------------------------------------------------- launching
 
 

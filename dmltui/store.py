@@ -118,6 +118,16 @@ class RunStore:
                 raise KeyError(run_id)
             return dict(table.get(Query().id == run_id))
 
+    def update_many(self, changes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply several runs' field updates under one lock (one read, one write); unknown ids are skipped."""
+        with self._db() as db:
+            table = db.table(RUNS_TABLE)
+            updated = []
+            for run_id, fields in changes.items():
+                if table.update(fields, Query().id == run_id):
+                    updated.append(dict(table.get(Query().id == run_id)))
+            return updated
+
     def get(self, run_id: str) -> dict[str, Any] | None:
         with self._db() as db:
             found = db.table(RUNS_TABLE).get(Query().id == run_id)

@@ -15,7 +15,7 @@ from rich.table import Column, Table
 from dmltui import compare as cmp
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
-from dmltui.cli.runs import _matches, refreshed_runs
+from dmltui.listing import matches, refreshed_runs
 
 
 class Format(StrEnum):
@@ -49,7 +49,7 @@ def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
                 records.append(record)
     else:
         records = refreshed_runs()
-    return [r for r in records if _matches(r, None, preset, tag, dataset, None)]
+    return [r for r in records if matches(r, preset=preset, tag=tag, dataset=dataset)]
 
 
 def _print_table(table_rows: cmp.TableRows) -> None:

@@ -13,6 +13,7 @@ from rich.table import Column, Table
 
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.listing import best_value, matches, refreshed_runs, sort_runs
 from dmltui.results import display_name
 from engine.rundir import FINAL_STATES, RunDir
 
@@ -24,53 +25,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable outpu
 IdArgument = Annotated[str, typer.Argument(help="run id (or a unique prefix of one)")]
 
 
-def refreshed_runs() -> list[dict]:
-    """Every stored run, live ones reconciled with their run directories, newest first."""
-    store = run_ops.open_store()
-    records = []
-    for record in store.all():
-        if record["state"] in ("queued", "running"):  # only live runs can have changed
-            record = run_ops.reconcile(record["id"], store)
-        records.append(record)
-    return sorted(records, key=lambda r: r["created_at"], reverse=True)
-
-
-def best_value(record: dict, metric: str = "e_recall@1") -> float | None:
-    for split in ("val", "test"):
-        entry = record.get("best", {}).get(f"{split}/{metric}")
-        if entry:
-            return entry["value"]
-    return None
-
-
 def _get(run_id: str) -> dict:
     try:
         return run_ops.find(run_id)
     except KeyError:
         fail(f"no run with id {run_id!r} (or the prefix matches several)", ExitCode.NOT_FOUND)
-
-
-def _matches(record: dict, state, preset, tag, dataset, text) -> bool:
-    haystack = " ".join([record["id"], record["name"], record.get("preset") or "", record.get("notes", ""),
-                         *record.get("tags", [])]).lower()
-    return (
-        (not state or record["state"] in state)
-        and (not preset or record.get("preset") == preset)
-        and (not tag or tag in record.get("tags", []))
-        and (not dataset or record["dataset"] == dataset)
-        and (not text or text.lower() in haystack)
-    )
-
-
-def _sort_key(field: str):
-    def key(record: dict) -> tuple:
-        if field in record and not isinstance(record[field], (dict, list)):
-            value = record[field]
-        else:
-            value = best_value(record, field)
-        return (value is None, value if value is not None else 0)
-
-    return key
 
 
 @app.command("list")
@@ -79,16 +38,14 @@ def list_runs(
     preset: Annotated[str | None, typer.Option("--preset", help="only runs of this preset")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="only runs with this tag")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")] = None,
-    text: Annotated[str | None, typer.Option("--text", help="substring of id, name, preset, tags or notes")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="words that must all appear in the id, name, preset, dataset, loss, miner, tags or notes")] = None,
     sort: Annotated[str, typer.Option("--sort", help="a run field (created_at, name, state...) or a metric (e_recall@1)")] = "created_at",
     ascending: Annotated[bool, typer.Option("--asc", help="ascending order")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List recorded runs with their state reconciled from the run directories."""
-    records = [r for r in refreshed_runs() if _matches(r, state, preset, tag, dataset, text)]
-    present = [r for r in records if _sort_key(sort)(r)[0] is False]
-    missing = [r for r in records if _sort_key(sort)(r)[0] is True]
-    records = sorted(present, key=_sort_key(sort), reverse=not ascending) + missing
+    records = [r for r in refreshed_runs() if matches(r, states=state, preset=preset, tag=tag, dataset=dataset, text=text)]
+    records = sort_runs(records, sort, descending=not ascending)
     if as_json:
         print_json(records)
         return

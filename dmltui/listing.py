@@ -1,0 +1,59 @@
+"""Reading the store for display: refreshed records, filters and sorting (shared by ``runs list``, ``compare`` and the TUI)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dmltui import runs as run_ops
+from dmltui.store import RunStore
+
+LIVE_STATES = ("queued", "running")
+
+
+def refreshed_runs(store: RunStore | None = None) -> list[dict[str, Any]]:
+    """Every stored run, live ones reconciled with their run directories, newest first."""
+    store = store or run_ops.open_store()
+    records = store.all()
+    live = [r["id"] for r in records if r["state"] in LIVE_STATES]  # only live runs can have changed
+    if live:
+        updated = {r["id"]: r for r in run_ops.reconcile_many(live, store)}
+        records = [updated.get(r["id"], r) for r in records]
+    return sorted(records, key=lambda r: r["created_at"], reverse=True)
+
+
+def best_value(record: dict[str, Any], metric: str = "e_recall@1") -> float | None:
+    """The run's best value of *metric* on val (when it has a val split) or test."""
+    for split in ("val", "test"):
+        entry = record.get("best", {}).get(f"{split}/{metric}")
+        if entry:
+            return entry["value"]
+    return None
+
+
+def matches(record: dict[str, Any], *, states: Iterable[str] | None = None, preset: str | None = None,
+            tag: str | None = None, dataset: str | None = None, text: str | None = None) -> bool:
+    haystack = " ".join([record["id"], record["name"], record.get("preset") or "", record.get("notes", ""),
+                         record.get("dataset", ""), record.get("loss", ""), record.get("miner", ""),
+                         *record.get("tags", [])]).lower()
+    return (
+        (not states or record["state"] in states)
+        and (not preset or record.get("preset") == preset)
+        and (not tag or tag in record.get("tags", []))
+        and (not dataset or record["dataset"] == dataset)
+        and (not text or all(word in haystack for word in text.lower().split()))
+    )
+
+
+def sort_value(record: dict[str, Any], field: str) -> Any:
+    """A run field (created_at, name, state, epoch...) or else the best value of a metric; None when absent."""
+    if field in record and not isinstance(record[field], (dict, list)):
+        return record[field]
+    return best_value(record, field)
+
+
+def sort_runs(records: Sequence[dict[str, Any]], field: str, *, descending: bool = True) -> list[dict[str, Any]]:
+    """Sorted by *field*; runs without a value always come last."""
+    present = [r for r in records if sort_value(r, field) is not None]
+    missing = [r for r in records if sort_value(r, field) is None]
+    return sorted(present, key=lambda r: sort_value(r, field), reverse=descending) + missing
