@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from engine import distributed, losses, samplers
 from engine.config.schema import Config
-from engine.data import ImageDataset, build_transform, create_splits
+from engine.data import ImageDataset, build_transform, create_splits, default_cache_size, open_split_cache
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
 from engine.io import atomic_torch_save
 from engine.metrics import display_name
@@ -145,6 +145,27 @@ class RankSlice:
             yield batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
 
 
+def build_optimizer(cfg, model: torch.nn.Module, criterion) -> torch.optim.Optimizer:
+    """The run's optimizer: backbone and head groups (``fc_lr`` for the head), plus the loss's own parameters."""
+    head = list(model.head.parameters())
+    head_ids = {id(p) for p in head}
+    body = [p for p in model.parameters() if id(p) not in head_ids]
+    groups: list[dict[str, Any]]
+    if cfg.fc_lr is None:
+        groups = [{"params": body + head, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "network"}]
+    else:
+        groups = [
+            {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "backbone"},
+            {"params": head, "lr": cfg.fc_lr, "weight_decay": cfg.weight_decay, "name": "head"},
+        ]
+    groups += criterion.param_groups(cfg.lr)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
 class Trainer:
     def __init__(self, config: Config, run_dir: RunDir, *, show_progress: bool | None = None,
                  context: distributed.Context | None = None):
@@ -183,9 +204,18 @@ class Trainer:
         train_tf = build_transform(cfg.data.augmentation, size, train=True, mean=backbone.mean, std=backbone.std)
         eval_tf = build_transform(cfg.data.augmentation, size, train=False, mean=backbone.mean, std=backbone.std)
         cache: dict = {}  # shared, so an image in two splits is decoded once
+        image_cache = None
+        if cfg.data.cache == "resized":
+            cache_size = cfg.data.cache_size or default_cache_size(size)
+            if cache_size < size:
+                raise ValueError(f"data.cache_size={cache_size} is smaller than the network input size {size}")
+            # Every rank calls this: one builds under the cache's file lock, the others wait and reuse it.
+            image_cache = open_split_cache(splits, cache_size, cfg.data.cache_dir, workers=cfg.data.workers)
+            log.info("image cache: %s (%d images, shorter side %d px%s)", image_cache.directory, len(image_cache),
+                     cache_size, f", built in {image_cache.build_s:.1f} s" if image_cache.built else "")
 
         def make(images, transform) -> ImageDataset:
-            return ImageDataset(images, transform, in_memory=cfg.data.in_memory, cache=cache)
+            return ImageDataset(images, transform, in_memory=cfg.data.in_memory, cache=cache, image_cache=image_cache)
 
         self.train_set = make(splits.train, train_tf)
         self.eval_sets: dict[str, ImageDataset] = {"test": make(splits.test, eval_tf)}
@@ -262,24 +292,7 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.config.optim
-        head = list(self.model.head.parameters())
-        head_ids = {id(p) for p in head}
-        body = [p for p in self.model.parameters() if id(p) not in head_ids]
-        groups: list[dict[str, Any]]
-        if cfg.fc_lr is None:
-            groups = [{"params": body + head, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "network"}]
-        else:
-            groups = [
-                {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "backbone"},
-                {"params": head, "lr": cfg.fc_lr, "weight_decay": cfg.weight_decay, "name": "head"},
-            ]
-        groups += self.criterion.param_groups(cfg.lr)
-        if cfg.name == "adam":
-            return torch.optim.Adam(groups)
-        if cfg.name == "adamw":
-            return torch.optim.AdamW(groups)
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return build_optimizer(self.config.optim, self.model, self.criterion)
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, epoch: int) -> dict[str, dict[str, Any]]:

@@ -51,6 +51,22 @@ class DataConfig(Section):
     tv_split_perc: float = Field(0.8, gt=0.0, lt=1.0, description="Fraction of the training data kept for training.")
     workers: int = Field(6, ge=0, description="DataLoader worker processes (the original's --kernels).")
     in_memory: bool = Field(False, description="Decode every image once and keep it in RAM (for small datasets).")
+    cache: Literal["off", "resized"] = Field(
+        "off", description="Image cache: off, or resized (decode every image once into uint8 arrays on disk, shorter side data.cache_size)."
+    )
+    cache_size: int | None = Field(
+        None, ge=8, description="Shorter side of the cached images; default: the eval resize (256 for 224 px input)."
+    )
+    cache_dir: str | None = Field(None, description="Folder of the image cache; default <source_path>/<dataset>/.dmltui-cache.")
+
+    @model_validator(mode="after")
+    def _cache_not_below_input(self) -> DataConfig:
+        if self.cache_size is not None and self.image_size is not None and self.cache_size < self.image_size:
+            raise ValueError(
+                f"data.cache_size={self.cache_size} is smaller than data.image_size={self.image_size}; "
+                "the cache must not be smaller than the network input"
+            )
+        return self
 
     @field_validator("dataset")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import platformdirs
 
+from engine.data.cache import ImageCache, default_cache_size, ensure_image_cache, open_split_cache
 from engine.data.folder import DatasetError, ImageDataset, ImageList, Splits, half_split
 from engine.data.sop import load_sop
 from engine.data.transforms import AUGMENTATIONS, build_transform
@@ -25,13 +26,17 @@ __all__ = [
     "AUGMENTATIONS",
     "DatasetError",
     "DatasetSpec",
+    "ImageCache",
     "ImageDataset",
     "ImageList",
     "Splits",
     "build_transform",
     "create_splits",
     "data_root",
+    "default_cache_size",
+    "ensure_image_cache",
     "list_datasets",
+    "open_split_cache",
 ]
 
 

@@ -131,26 +131,38 @@ def load_rgb(path: Path) -> torch.Tensor:
 
 
 class ImageDataset(Dataset):
-    """``(image, label, index)`` items of an :class:`ImageList`, optionally decoded once into RAM."""
+    """``(image, label, index)`` items of an :class:`ImageList`, optionally decoded once into RAM.
 
-    def __init__(self, images: ImageList, transform, *, in_memory: bool = False, cache: dict | None = None):
+    With ``image_cache`` (an :class:`engine.data.cache.ImageCache`) the uint8 images come from the
+    pre-resized cache on disk instead of the image files; the transform is the same.
+    """
+
+    def __init__(self, images: ImageList, transform, *, in_memory: bool = False, cache: dict | None = None,
+                 image_cache=None):
         self.images = images
         self.transform = transform
         self.labels = torch.as_tensor(images.labels)
+        self.image_cache = image_cache
+        self._rows = image_cache.rows_of(images.paths) if image_cache is not None else None
         self._decoded: list[torch.Tensor] | None = None
         if in_memory:
             # A cache shared between the datasets of one run decodes each file once.
             cache = {} if cache is None else cache
-            for path in images.paths:
+            for index, path in enumerate(images.paths):
                 if path not in cache:
-                    cache[path] = load_rgb(path)
+                    cache[path] = self._load(index)
             self._decoded = [cache[p] for p in images.paths]
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def _load(self, index: int) -> torch.Tensor:
+        if self._rows is not None:
+            return self.image_cache.read(int(self._rows[index]))
+        return load_rgb(self.images.paths[index])
+
     def raw(self, index: int) -> torch.Tensor:
-        return self._decoded[index] if self._decoded is not None else load_rgb(self.images.paths[index])
+        return self._decoded[index] if self._decoded is not None else self._load(index)
 
     def __getitem__(self, index: int):
         return self.transform(self.raw(index)), self.labels[index], index
