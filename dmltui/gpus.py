@@ -26,15 +26,14 @@ class GpuInfo:
     utilization_pct: int | None = None
 
 
-def _nvml() -> list[GpuInfo] | None:
-    try:
-        import pynvml  # optional: nvidia-ml-py
-    except ImportError:
-        return None
+def gpus() -> list[GpuInfo]:
+    """The GPUs of this machine with their memory and utilisation (NVML); none without an NVIDIA driver."""
+    import pynvml  # nvidia-ml-py: a dependency, cheap to import, unlike torch
+
     try:
         pynvml.nvmlInit()
-    except Exception:  # no driver: NVML raises its own error types
-        return None
+    except pynvml.NVMLError:  # no driver or no GPU
+        return []
     try:
         infos = []
         for index in range(pynvml.nvmlDeviceGetCount()):
@@ -53,21 +52,6 @@ def _nvml() -> list[GpuInfo] | None:
         return infos
     finally:
         pynvml.nvmlShutdown()
-
-
-def gpus() -> list[GpuInfo]:
-    """The GPUs of this machine (NVML when installed, else torch)."""
-    infos = _nvml()
-    if infos is not None:
-        return infos
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [
-        GpuInfo(i, torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory // 2**20)
-        for i in range(torch.cuda.device_count())
-    ]
 
 
 def leasable_indices() -> list[int]:
@@ -130,3 +114,15 @@ def lease(candidates: list[int], count: int, *, poll_seconds: float = 2.0, on_wa
         if on_wait is not None:
             on_wait()
         time.sleep(poll_seconds)
+
+
+def usage(records: list[dict]) -> list[dict]:
+    """Per GPU: index, name, utilisation, memory and the live runs holding its lease (``gpus`` in their status)."""
+    holders: dict[int, list[str]] = {}
+    for record in records:
+        if record.get("state") in ("queued", "running"):
+            for index in record.get("gpus") or []:
+                holders.setdefault(index, []).append(record["name"])
+    return [{"index": info.index, "name": info.name, "utilization_pct": info.utilization_pct,
+             "memory_used_mb": info.memory_used_mb, "memory_total_mb": info.memory_total_mb,
+             "runs": holders.get(info.index, [])} for info in gpus()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from dmltui import runs as run_ops
@@ -45,8 +46,28 @@ def matches(record: dict[str, Any], *, states: Iterable[str] | None = None, pres
     )
 
 
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def duration_seconds(record: dict[str, Any], now: datetime | None = None) -> float | None:
+    """Seconds from start to end (or to now while the run lives); None before it started."""
+    start = parse_time(record.get("started_at"))
+    end = parse_time(record.get("ended_at"))
+    if end is None and record.get("state") in LIVE_STATES:
+        end = now or datetime.now(UTC)
+    if start is None or end is None:  # not started, or crashed without an end time
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
 def sort_value(record: dict[str, Any], field: str) -> Any:
-    """A run field (created_at, name, state, epoch...) or else the best value of a metric; None when absent."""
+    """A run field (created_at, name, state, epoch...), ``duration``, or else the best value of a metric; None when absent."""
+    if field == "duration":
+        return duration_seconds(record)
     if field in record and not isinstance(record[field], (dict, list)):
         return record[field]
     return best_value(record, field)
@@ -57,3 +78,29 @@ def sort_runs(records: Sequence[dict[str, Any]], field: str, *, descending: bool
     present = [r for r in records if sort_value(r, field) is not None]
     missing = [r for r in records if sort_value(r, field) is None]
     return sorted(present, key=lambda r: sort_value(r, field), reverse=descending) + missing
+
+
+FILTER_FIELDS = ("state", "tag", "dataset", "preset")
+
+
+def parse_filter(text: str) -> dict[str, Any]:
+    """A filter line such as ``state:running tag:paper margin`` as keyword arguments of :func:`matches`.
+
+    ``state:`` may repeat (any of them matches) or list states with commas; other words are free text."""
+    states: list[str] = []
+    options: dict[str, Any] = {}
+    words = []
+    for word in text.split():
+        key, sep, value = word.partition(":")
+        if sep and key in FILTER_FIELDS and value:
+            if key == "state":
+                states += [s for s in value.split(",") if s]
+            else:
+                options[key] = value
+        else:
+            words.append(word)
+    if states:
+        options["states"] = states
+    if words:
+        options["text"] = " ".join(words)
+    return options

@@ -21,14 +21,15 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmltui import home
 from dmltui.store import RunStore
-from engine.config.presets import ResolvedConfig
-from engine.config.schema import Config
 from engine.io import atomic_write_json
 from engine.rundir import FINAL_STATES, RunDir, best_metrics, now_iso
+
+if TYPE_CHECKING:  # the config modules import pydantic: kept off the read paths (runs list, the TUI's first paint)
+    from engine.config.presets import ResolvedConfig
 
 MANAGER_FILE = "manager.json"  # the manager's own facts about a run (name, tags, notes), kept in its run dir
 RESUMABLE_STATES = ("stopped", "crashed", "failed", "diverged")
@@ -108,6 +109,7 @@ def run_foreground(record: dict[str, Any]) -> int:
 
 
 def pid_alive(pid: int | None) -> bool:
+    """Whether process *pid* runs. A zombie (dead, not yet reaped by its parent, e.g. a run the TUI launched) is not alive."""
     if not pid:
         return False
     try:
@@ -116,7 +118,11 @@ def pid_alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS): trust the signal check
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _age_seconds(timestamp: str | None, now: datetime) -> float | None:
@@ -154,6 +160,7 @@ def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
         "epoch": status.get("epoch", 0),
         "epochs": status.get("epochs"),
         "error": status.get("error"),
+        "gpus": status.get("gpus"),
         "best": best_metrics(rd.read_metrics()),
     }
 
@@ -259,11 +266,16 @@ def resume(record: dict[str, Any], *, gpus: str = "auto", count: int = 1) -> dic
     return reconcile(record["id"])
 
 
-def rerun(record: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
-    """A new run with the same resolved config."""
+def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str = "auto") -> dict[str, Any]:
+    """Start a new run with the same resolved config (detached); returns its reconciled record."""
+    from engine.config.presets import ResolvedConfig
+    from engine.config.schema import Config
+
     resolved = ResolvedConfig(config=Config.model_validate(record["config"]), chain=record.get("presets", []), sources={},
                               preset=record.get("preset"))
-    return prepare_run(resolved, name=name or record["name"])
+    new = prepare_run(resolved, name=name or record["name"])
+    launch_detached(new, gpus=gpus)
+    return reconcile(new["id"])
 
 
 def remove(record: dict[str, Any], *, keep_files: bool = False) -> None:
@@ -292,6 +304,8 @@ def annotate(record: dict[str, Any], *, add_tags: list[str] = (), remove_tags: l
 def record_from_run_dir(run_dir: Path) -> dict[str, Any]:
     """A store document rebuilt from a run directory alone (config.toml, status, metrics, manager.json)."""
     import tomllib
+
+    from engine.config.schema import Config
 
     rd = RunDir(run_dir)
     config = Config.model_validate(tomllib.loads(rd.config.read_text()))

@@ -7,14 +7,14 @@ import sys
 
 import typer
 
-from dmltui.cli import compare, db, launch, presets, quickstart, runs, schema
+from dmltui.cli import compare, db, launch, presets, quickstart, runs, schema, tui
 from dmltui.cli.common import ExitCode
 from dmltui.store import StoreBusy, StoreError
 
 app = typer.Typer(
     name="dmltui",
-    help="Deep metric learning runs: presets, training, run store.",
-    no_args_is_help=True,
+    help="Deep metric learning runs: presets, training, run store. Without a command: the terminal UI.",
+    invoke_without_command=True,
     add_completion=True,
     pretty_exceptions_enable=False,
 )
@@ -29,6 +29,8 @@ app.command("doctor")(db.doctor)
 app.command("schema")(schema.schema)
 app.command("compare")(compare.compare)
 app.command("report")(compare.report)
+app.command("tui")(tui.tui)
+app.callback()(tui.root)
 
 
 def _interrupted(signum: int, frame: object) -> None:

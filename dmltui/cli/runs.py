@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
-from rich.table import Column, Table
 
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.listing import best_value, matches, refreshed_runs, sort_runs
 from dmltui.results import display_name
 from engine.rundir import FINAL_STATES, RunDir
+
+if TYPE_CHECKING:  # rich's tables are imported where a table is drawn: `runs list --json` never needs them
+    from rich.table import Table
 
 app = typer.Typer(help="Runs recorded in the store.", no_args_is_help=True)
 
@@ -49,6 +50,8 @@ def list_runs(
     if as_json:
         print_json(records)
         return
+    from rich.table import Column, Table
+
     table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", "dataset", "loss/miner", "epoch", "R@1", "tags",
                   box=None, pad_edge=False)
     for r in records:
@@ -68,6 +71,8 @@ def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
     if as_json:
         print_json(record)
         return
+    from rich.table import Table
+
     for key in ("id", "name", "state", "preset", "dataset", "loss", "miner", "seed", "tags", "notes", "run_dir",
                 "created_at", "started_at", "ended_at", "error"):
         if record.get(key) not in (None, "", []):
@@ -79,6 +84,8 @@ def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
 
 
 def _latest_table(records: list[dict]) -> Table:
+    from rich.table import Column, Table
+
     table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", "epoch", "loss", "test metrics", box=None,
                   pad_edge=False)
     for record in records:
@@ -95,6 +102,8 @@ def _latest_table(records: list[dict]) -> Table:
 
 def follow_runs(run_ids: list[str], *, interval: float = 1.0) -> int:
     """Live table of the runs' latest metrics until every one has ended; 0 when all finished."""
+    from rich.live import Live
+
     store = run_ops.open_store()
     with Live(console=stdout, refresh_per_second=2, transient=False) as live:
         while True:
@@ -170,9 +179,7 @@ def rerun(
     """Start a new run with the same resolved configuration."""
     from dmltui.cli.launch import validate_gpus
 
-    record = run_ops.rerun(_get(run_id), name=name)
-    run_ops.launch_detached(record, gpus=validate_gpus(gpus))
-    record = run_ops.reconcile(record["id"])
+    record = run_ops.rerun(_get(run_id), name=name, gpus=validate_gpus(gpus))
     print_json(record) if as_json else stdout.print(f"{record['id']} {record['name']} {record['state']}", highlight=False)
 
 

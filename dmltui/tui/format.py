@@ -1,0 +1,87 @@
+"""How run fields read on screen: plain functions, so the widgets stay thin and this stays testable."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.text import Text
+
+from dmltui.listing import best_value, duration_seconds, parse_time
+
+# ANSI colour names: readable in a 16-colour terminal as well as in truecolor
+STATE_COLOURS = {"queued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
+                 "stopped": "magenta", "diverged": "red"}
+BAR_WIDTH = 8
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=f"bold {STATE_COLOURS.get(state, 'default')}")
+
+
+def progress_text(epoch: int | None, epochs: int | None, width: int = BAR_WIDTH) -> Text:
+    """``12/150 ▰▱▱▱▱▱▱▱``: completed epochs, planned epochs and a bar."""
+    epoch = epoch or 0
+    if not epochs:
+        return Text(f"{epoch}/?")
+    filled = round(width * min(epoch, epochs) / epochs)
+    text = Text(f"{epoch:>{len(str(epochs))}}/{epochs} ")
+    text.append("▰" * filled, style="green")
+    text.append("▱" * (width - filled), style="dim")
+    return text
+
+
+def metric_text(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def started_text(record: dict[str, Any], now: datetime | None = None) -> str:
+    """Today's runs by time of day, older ones by date (local time)."""
+    moment = parse_time(record.get("started_at") or record.get("created_at"))
+    if moment is None:
+        return "-"
+    now = now or datetime.now(UTC)
+    local = moment.astimezone()
+    return local.strftime("%H:%M:%S") if local.date() == now.astimezone().date() else local.strftime("%Y-%m-%d")
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def run_cells(record: dict[str, Any], *, selected: bool = False, now: datetime | None = None) -> dict[str, Any]:
+    """The runs table's cells of one run, keyed by column."""
+    return {
+        "mark": Text("●", style="bold cyan") if selected else Text(" "),
+        "state": state_text(record["state"]),
+        "name": record["name"],
+        "preset": record.get("preset") or "-",
+        "dataset": record.get("dataset") or "-",
+        "method": f"{record.get('loss', '?')}/{record.get('miner', '?')}",
+        "epoch": progress_text(record.get("epoch"), record.get("epochs")),
+        "r_at_1": Text(metric_text(best_value(record)), justify="right"),
+        "started": started_text(record, now),
+        "duration": duration_text(duration_seconds(record, now)),
+    }
+
+
+# column key -> (header, the run field or metric that sorts it); the most useful first, for 80 columns
+RUN_COLUMNS = {
+    "mark": (" ", None),
+    "state": ("state", "state"),
+    "name": ("name", "name"),
+    "epoch": ("epoch", "epoch"),
+    "r_at_1": ("best R@1", "e_recall@1"),
+    "dataset": ("dataset", "dataset"),
+    "method": ("loss/miner", "loss"),
+    "preset": ("preset", "preset"),
+    "started": ("started", "created_at"),
+    "duration": ("time", "duration"),
+}

@@ -1,0 +1,278 @@
+"""The runs screen: every stored run, live; filter, sort, select, and act on runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from dmltui import runs as run_ops
+from dmltui.compare import logged_metrics, metric_label
+from dmltui.listing import matches, parse_filter, sort_runs
+from dmltui.tui.format import RUN_COLUMNS, run_cells
+from dmltui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
+from dmltui.tui.widgets.gpu_panel import GpuPanel
+
+LIVE = ("queued", "running")
+
+
+class RunsScreen(Screen):
+    """The home screen."""
+
+    BINDINGS = [
+        Binding("enter", "open", "Open", show=False, tooltip="Open the run under the cursor: live metrics, curves, log, config"),
+        Binding("n", "new_run", "New", tooltip="Compose a run or sweep from a preset and launch it"),
+        Binding("slash", "focus_filter", "Filter", key_display="/", tooltip="Filter runs: words, state:, tag:, dataset:, preset:"),
+        Binding("s", "sort", "Sort", tooltip="Sort by a column or a metric"),
+        Binding("o", "flip_order", "Order", show=False, tooltip="Reverse the sort order"),
+        Binding("t", "tag_filter", "Tag", show=False, tooltip="Show only runs with a tag"),
+        Binding("space", "toggle_select", "Select", tooltip="Select or unselect the run for comparison"),
+        Binding("c", "compare", "Compare", tooltip="Compare the selected runs (or all shown runs)"),
+        Binding("x", "stop", "Stop", tooltip="Stop the run: SIGTERM, the engine checkpoints, SIGKILL after 30 s"),
+        Binding("r", "resume", "Resume", show=False, tooltip="Resume a stopped, crashed or failed run from its checkpoint"),
+        Binding("R", "rerun", "Rerun", show=False, key_display="R", tooltip="Start a new run with the same config"),
+        Binding("d", "delete", "Delete", show=False, tooltip="Delete the run and its run directory"),
+        Binding("escape", "clear", "Clear", show=False, tooltip="Clear the filter and the selection"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sort_field = "created_at"
+        self.descending = True
+        self.selected: set[str] = set()
+        self.shown: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(placeholder="/ filter: words, state:running, tag:paper, dataset:cub200, preset:…", id="filter")
+        yield Static(id="summary")
+        table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        for key, (header, _field) in RUN_COLUMNS.items():
+            table.add_column(header, key=key)
+        yield table
+        yield GpuPanel()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "runs_version", self._runs_changed, init=False)
+        self.set_interval(1.0, self._tick)
+        self.query_one(DataTable).focus()
+        self.redraw()
+
+    # --------------------------------------------------------------------------- drawing
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#runs", DataTable)
+
+    def _runs_changed(self) -> None:
+        self.redraw()
+
+    def visible_runs(self) -> list[dict[str, Any]]:
+        filters = parse_filter(self.query_one("#filter", Input).value)
+        records = [r for r in self.app.monitor.runs() if matches(r, **filters)]
+        return sort_runs(records, self.sort_field, descending=self.descending)
+
+    def redraw(self, *, force: bool = False) -> None:
+        """Show the filtered, sorted runs; *force* re-renders every cell (the selection marks changed)."""
+        table = self.table
+        records = self.visible_runs()
+        now = self.app.now()
+        cursor_key = self.cursor_run_id()
+        previous = {r["id"]: r for r in self.shown}
+        self.shown = records
+        if list(previous) == [r["id"] for r in records]:  # same rows in the same order: touch only the changed cells
+            for record in records:
+                if previous[record["id"]] is record and not force:  # the monitor replaces a record when it changes
+                    continue
+                for column, value in run_cells(record, selected=record["id"] in self.selected, now=now).items():
+                    if str(table.get_cell(record["id"], column)) != str(value):
+                        table.update_cell(record["id"], column, value)
+        else:
+            table.clear()
+            for record in records:
+                cells = run_cells(record, selected=record["id"] in self.selected, now=now)
+                table.add_row(*(cells[key] for key in RUN_COLUMNS), key=record["id"])
+            if cursor_key in {r["id"] for r in records}:
+                table.move_cursor(row=table.get_row_index(cursor_key))
+        self._update_summary()
+
+    def _update_summary(self) -> None:
+        records = self.app.monitor.runs()
+        live = sum(r["state"] in LIVE for r in records)
+        header, _ = RUN_COLUMNS.get(self.sort_field_column(), (self.sort_field, None))
+        parts = [f"{len(self.shown)} of {len(records)} runs", f"{live} live",
+                 f"sort: {header} {'↓' if self.descending else '↑'}"]
+        if self.selected:
+            parts.append(f"{len(self.selected)} selected")
+        if self.app.store_error:
+            parts.append("[red]store unreadable[/]")
+        self.query_one("#summary", Static).update(" · ".join(parts))
+
+    def sort_field_column(self) -> str:
+        for key, (_header, field) in RUN_COLUMNS.items():
+            if field == self.sort_field:
+                return key
+        return self.sort_field
+
+    def _tick(self) -> None:
+        """Running runs' durations advance without any I/O."""
+        now = self.app.now()
+        for record in self.shown:
+            if record["state"] == "running":
+                self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"])
+
+    def cursor_run_id(self) -> str | None:
+        table = self.table
+        if not table.row_count:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return row_key.value
+
+    def cursor_record(self) -> dict[str, Any] | None:
+        run_id = self.cursor_run_id()
+        return self.app.run_record(run_id) if run_id else None
+
+    # --------------------------------------------------------------------------- filter and sort
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self.redraw()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_clear(self) -> None:
+        self.query_one("#filter", Input).value = ""
+        self.selected.clear()
+        self.table.focus()
+        self.redraw(force=True)
+
+    def action_sort(self) -> None:
+        choices = [(field, header) for key, (header, field) in RUN_COLUMNS.items() if field]
+        fields = {field for field, _ in choices}
+        for metric in logged_metrics(self.app.monitor.runs()):
+            if metric not in fields:
+                choices.append((metric, f"best {metric_label(metric)}"))
+        self.app.push_screen(ChoiceScreen("Sort by", choices, current=self.sort_field), self._sort_chosen)
+
+    def _sort_chosen(self, field: str | None) -> None:
+        if field:
+            self.sort_by(field)
+
+    def sort_by(self, field: str, *, descending: bool | None = None) -> None:
+        if descending is None:
+            descending = not self.descending if field == self.sort_field else field not in ("name", "preset", "dataset", "loss", "state")
+        self.sort_field, self.descending = field, descending
+        self.redraw()
+
+    def action_flip_order(self) -> None:
+        self.sort_by(self.sort_field, descending=not self.descending)
+
+    @on(DataTable.HeaderSelected)
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        _header, field = RUN_COLUMNS[event.column_key.value]
+        if field:
+            self.sort_by(field)
+
+    def action_tag_filter(self) -> None:
+        tags = sorted({t for r in self.app.monitor.runs() for t in r.get("tags", [])})
+        if not tags:
+            self.notify("no run has a tag yet (add one with `dmltui runs tag`)")
+            return
+        self.app.push_screen(ChoiceScreen("Show runs tagged", [("", "(any tag)"), *((t, t) for t in tags)]), self._tag_chosen)
+
+    def _tag_chosen(self, tag: str | None) -> None:
+        if tag is None:
+            return
+        box = self.query_one("#filter", Input)
+        words = [w for w in box.value.split() if not w.startswith("tag:")]
+        box.value = " ".join([*words, *([f"tag:{tag}"] if tag else [])])
+
+    # --------------------------------------------------------------------------- selection and navigation
+    def action_toggle_select(self) -> None:
+        run_id = self.cursor_run_id()
+        if run_id is None:
+            return
+        self.selected ^= {run_id}
+        self.table.update_cell(run_id, "mark", run_cells(self.app.run_record(run_id), selected=run_id in self.selected)["mark"])
+        self.table.action_cursor_down()
+        self._update_summary()
+
+    @on(DataTable.RowSelected, "#runs")
+    def _row_chosen(self) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        from dmltui.tui.screens.run import RunScreen
+
+        run_id = self.cursor_run_id()
+        if run_id:
+            self.app.push_screen(RunScreen(run_id))
+
+    def action_new_run(self) -> None:
+        from dmltui.tui.screens.new_run import NewRunScreen
+
+        self.app.push_screen(NewRunScreen())
+
+    def action_compare(self) -> None:
+        from dmltui.tui.screens.compare import CompareScreen
+
+        ids = [r["id"] for r in self.shown if r["id"] in self.selected] or [r["id"] for r in self.shown]
+        if len(ids) < 2:
+            self.notify("select two or more runs (space) to compare", severity="warning")
+            return
+        self.app.push_screen(CompareScreen(ids))
+
+    # --------------------------------------------------------------------------- run operations
+    def _confirmed(self, question: str, label: str, operation, *, danger: bool = False) -> None:
+        record = self.cursor_record()
+        if record is None:
+            return
+        self.app.push_screen(ConfirmScreen(question.format(**record), confirm_label=label, danger=danger),
+                             lambda yes: yes and self.run_operation(operation, record))
+
+    def action_stop(self) -> None:
+        record = self.cursor_record()
+        if record and record["state"] not in LIVE:
+            self.notify(f"{record['name']} is {record['state']}; only queued or running runs can be stopped", severity="warning")
+            return
+        self._confirmed("Stop run {name} ({id})? It checkpoints and can be resumed.", "Stop", "stop")
+
+    def action_resume(self) -> None:
+        record = self.cursor_record()
+        if record:
+            self.run_operation("resume", record)
+
+    def action_rerun(self) -> None:
+        self._confirmed("Start a new run with the config of {name}?", "Rerun", "rerun")
+
+    def action_delete(self) -> None:
+        self._confirmed("Delete run {name} ({id}) and its run directory {run_dir}?", "Delete", "delete", danger=True)
+
+    @work(thread=True, group="operations", exit_on_error=False)
+    def run_operation(self, operation: str, record: dict[str, Any]) -> None:
+        """The CLI's own operations, off the UI thread (stopping waits for the checkpoint)."""
+        record = run_ops.reconcile(record["id"], self.app.monitor.store)
+        try:
+            if operation == "stop":
+                message = f"{record['name']} {run_ops.stop(record)['state']}"
+            elif operation == "resume":
+                message = f"{record['name']} {run_ops.resume(record)['state']}"
+            elif operation == "rerun":
+                new = run_ops.rerun(record)
+                message = f"started {new['name']} ({new['id']})"
+            else:
+                run_ops.remove(record)
+                message = f"deleted {record['name']}"
+            severity = "information"
+        except run_ops.RunError as error:
+            message, severity = str(error), "error"
+        self.app.call_from_thread(self.notify, message, severity=severity)
+        self.app.call_from_thread(self.app.refresh_runs)
