@@ -391,3 +391,68 @@ def test_eval_config_backend():
     assert EvalConfig().backend == "auto" and EvalConfig(backend="faiss").backend == "faiss"
     with pytest.raises(ValueError):
         EvalConfig(backend="cuda")
+
+
+# ----------------------------------------------------------------------------- segment selection (large-N paths)
+
+
+SEGMENT_NAMES = [
+    "e_recall@1", "e_recall@4", "e_recall@30", "e_recall@200", "c_recall@2", "c_recall@40", "mAP_c", "c_mAP_c",
+    *RANK, *("c_" + m for m in RANK),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["grid", "normal"])
+@pytest.mark.parametrize("segment", [1, 3, 8])
+def test_segment_selection_equals_whole_row_selection(kind, segment, monkeypatch):
+    # the galleries here are too small for the segment path: force it and compare with the whole-row path
+    rng = np.random.default_rng(50)
+    x, _ = random_set(kind, n=300, seed=6)
+    y = rng.integers(0, 60, size=300)  # classes of ~5: many first hits lie beyond the selected depth
+    y[-1] = 999
+    reference = vals(x, y, SEGMENT_NAMES, chunk_size=64)
+    knn_reference = {k: M.knn(torch.tensor(x), k) for k in (1, 5, 12)}
+    assert M.neighbours.segment_width(300, 13) == 0
+    monkeypatch.setattr(M.neighbours, "SEGMENT", segment)
+    monkeypatch.setattr(M.neighbours, "SEGMENT_MIN_RATIO", 1)
+    assert M.neighbours.segment_width(300, 13) == segment
+    for chunk in (64, 300):
+        assert vals(x, y, SEGMENT_NAMES, chunk_size=chunk) == reference
+    for k, ref in knn_reference.items():
+        assert torch.equal(M.knn(torch.tensor(x), k, chunk_size=37), ref), k
+    q, g, names = np.arange(0, 200), np.arange(100, 300), [*SEGMENT_NAMES[:3], *RANK]
+    qg = vals(x, y, names, query=q, gallery=g)
+    monkeypatch.setattr(M.neighbours, "SEGMENT_MIN_RATIO", 10**9)  # whole rows again
+    assert vals(x, y, names, query=q, gallery=g) == qg
+
+
+def test_count_before_matches_a_full_count(monkeypatch):
+    rng = np.random.default_rng(51)
+    dist = torch.tensor(rng.integers(0, 6, size=(40, 203)), dtype=torch.float32)  # ties everywhere
+    value = dist[torch.arange(40), torch.tensor(rng.integers(0, 203, size=40))]
+    pos = torch.tensor(rng.integers(0, 203, size=40))
+    cols = torch.arange(203)
+    ref = ((dist < value[:, None]) | ((dist == value[:, None]) & (cols < pos[:, None]))).sum(1)
+    for segment in (1, 7, 64, 500):
+        monkeypatch.setattr(M.neighbours, "SEGMENT", segment)
+        assert torch.equal(M.neighbours.count_before(dist, value, pos), ref), segment
+
+
+@pytest.mark.parametrize("segment", [0, 4])
+def test_seeded_kmeans_equals_plain_lloyd_from_its_seeds(segment, monkeypatch):
+    # the candidate-list k-means from its own k-means++ seeding (first assignment found while seeding)
+    monkeypatch.setattr(M.lloyd, "PLAIN_LLOYD_MAX", 0)
+    if segment:  # force the segment selection of the full assignment passes
+        monkeypatch.setattr(M.neighbours, "SEGMENT", segment)
+        monkeypatch.setattr(M.neighbours, "SEGMENT_MIN_RATIO", 1)
+    rng = np.random.default_rng(52)
+    centres = rng.normal(size=(60, 5)) * 3
+    x = torch.tensor(centres[rng.integers(0, 60, 900)] + rng.normal(size=(900, 5)), dtype=torch.float32)
+    x[450:470] = x[:20]  # duplicates
+    for k, seed in ((60, 0), (300, 1)):
+        init = M.lloyd.kmeans_plus_plus_centroids(x, k, seed=seed)
+        for iterations in (0, 1, 3, 20):
+            c, ids = M.kmeans(x, k, seed=seed, iterations=iterations)
+            rc, rids = plain_lloyd(x, init, iterations)
+            assert torch.equal(ids, rids), (k, iterations)
+            torch.testing.assert_close(c, rc, rtol=0, atol=1e-5)

@@ -55,7 +55,7 @@ same-class sample, counted only for the queries whose first hit lies deeper. One
 k-means serves ``nmi``/``ami``/``f1`` and another, on the L2-normalised features,
 the ``c_`` ones; one SVD serves every ``rho_spectrum@m``. Only what the requested
 metrics need runs. Memory: blocks of ~2^26 distances (256 MB) in the kNN pass and
-the k-means; at 60,502 × 128 the whole suite peaks ~0.7 GB above the input
+the k-means; at 60,502 × 128 the whole suite peaks ~0.4 GB above the input
 (bench/eval.py).
 
 Definitions kept from the original, quirks included (documented, on purpose):
@@ -96,7 +96,8 @@ Fixes and changes compared with the original:
    The k-means++ draws are batched rejection sampling (exactly D² sampling, one
    blocked matmul per batch of seeds) and Lloyd keeps each point's 8 nearest
    centroids, recomputing only the centroids that moved (same result as plain
-   Lloyd), so k = 11,316 over 60,502 points takes a few full passes, not 20.
+   Lloyd), so k = 11,316 over 60,502 points takes the seeding's matmuls and one
+   full pass (after the first step), not 20.
    The faiss backend runs faiss.Kmeans (20 iterations, min/max points per centroid
    1/1e9 as the original) from the same k-means++ centroids; its empty-cluster rule
    (split a big cluster) and rounding differ, so its nmi/f1 can differ slightly.

@@ -1,9 +1,10 @@
 """Backends of the kNN search and the k-means: torch (CPU or GPU) and faiss (CPU, GPU indexes with faiss-gpu).
 
 ``backend="auto"`` picks torch: on a CUDA device (blocked matmul + top-k) and, as
-measured, on the CPU too, where this package's torch path (shallow top-k, first-hit
-ranks, candidate-list k-means) beat faiss-cpu's flat index and k-means by ~1.7× on
-the SOP-scale suite (bench/eval.py: 63 vs 105 CPU-seconds at N = 60,502, 2 threads).
+measured, on the CPU too, where this package's torch path (shallow top-k through
+segment minima, first-hit ranks, candidate-list k-means) beat faiss-cpu's flat index
+and k-means by ~1.8× on the SOP-scale suite (bench/eval.py at N = 60,502, 1 thread:
+19 vs 35 CPU-seconds; the k-means alone 6 vs 19).
 Set :data:`AUTO_CPU` to 'faiss' to make auto pick faiss on the CPU (when importable).
 ``backend="faiss"`` asks for faiss explicitly.
 

@@ -8,10 +8,12 @@ the lower point index; several empty clusters take distinct points).
 
 Speed at large k (SOP: k = 11,316 over 60,502 points): k-means++ draws its seeds in
 batches by rejection sampling (exact D² sampling; one blocked matmul per batch keeps
-the distances to the seeds current and fills every point's candidate list), and
-Lloyd keeps each point's nearest centroids so that after a step only the centroids
-that moved are compared with every point (see ``_Candidates``). The assignments are
-those of plain Lloyd; memory stays at one block of ~2^26 distances plus N × 8 lists.
+the distances to the seeds current and every point's nearest seed, which is the
+first assignment), and Lloyd keeps each point's nearest centroids so that after a
+step only the centroids that moved are compared with every point (see
+``_Candidates``; the one full pass, after the first step, selects the lists through
+segment minima as the kNN search does). The assignments are those of plain Lloyd;
+memory stays at one block of ~2^26 distances plus N × 8 lists.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.metrics.neighbours import DEFAULT_BLOCK_ELEMENTS
+from engine.metrics.neighbours import DEFAULT_BLOCK_ELEMENTS, segment_topk, segment_width
 
 DEFAULT_ITERATIONS = 20
 
@@ -89,6 +91,12 @@ def _top(
     else:
         p = prefix.shape[1]
         cand = torch.where(pos < p, torch.gather(prefix, 1, pos.clamp(max=p - 1)), tail[(pos - p).clamp(min=0)])
+    return _split(vals, cand, t)
+
+
+def _split(vals: torch.Tensor, cand: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`_top`'s result from the sorted smallest min(t + 1, columns) values of each row and their ids."""
+    take = vals.shape[1]
     if take > t:
         bound = vals[:, t].clone()
         vals, cand = vals[:, :t].contiguous(), cand[:, :t].contiguous()
@@ -109,13 +117,34 @@ class _Candidates:
         self.bound = torch.full((n,), float("inf"), device=device, dtype=dtype)
 
     def full(self, x: torch.Tensor, centroids: torch.Tensor, rows: torch.Tensor | None, chunk: int) -> None:
-        """Recompute the lists of *rows* (all when None) against every centroid."""
+        """Recompute the lists of *rows* (all when None) against every centroid.
+
+        The distances of a block of rows go to one reused buffer; on many centroids the
+        smallest t + 1 are read through segment minima (as the kNN search does).
+        """
+        k = centroids.shape[0]
         c_sq = (centroids * centroids).sum(dim=1)
+        take = min(self.t + 1, k)
+        segment = segment_width(k, take)
+        width = -(-k // segment) * segment if segment else k
+        if width > k:  # padding centroids at +inf (offset +inf, product 0)
+            centroids = torch.cat([centroids, centroids.new_zeros(width - k, centroids.shape[1])])
+            c_sq = torch.cat([c_sq, c_sq.new_full((width - k,), float("inf"))])
         n = x.shape[0] if rows is None else rows.numel()
+        buffer = torch.empty(min(chunk, n), width, dtype=x.dtype, device=x.device)
         for s in range(0, n, chunk):
             sel = slice(s, min(n, s + chunk)) if rows is None else rows[s : s + chunk]
-            d = _rank_distances(x[sel], centroids, c_sq)
-            vals, ids, bound = _top(d, None, None, self.t)
+            xb = x[sel]
+            padded = torch.addmm(c_sq.unsqueeze(0).expand(xb.shape[0], -1), xb, centroids.T, alpha=-2.0,
+                                 out=buffer[: xb.shape[0]])
+            d = padded[:, :k]
+            if segment:
+                vals, ids, redo = segment_topk(padded, take, segment)
+                if redo.numel():
+                    vals[redo], ids[redo] = torch.topk(d[redo], take, dim=1, largest=False, sorted=True)
+            else:
+                vals, ids = torch.topk(d, take, dim=1, largest=False, sorted=True)
+            vals, ids, bound = _split(vals, ids, self.t)
             tied = vals[:, 0] == bound  # more equal minima than the list holds: take the lowest ids
             if bool(tied.any()):
                 full_vals, full_ids = torch.sort(d[tied], dim=1, stable=True)
@@ -150,46 +179,61 @@ def _chunk(k: int, chunk_size: int | None) -> int:
 # ---------------------------------------------------------------------------- k-means++
 
 
-def _plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, lists: _Candidates | None = None) -> torch.Tensor:
+class _Nearest:
+    """Every point's nearest seed while k-means++ draws them: id (position in the seeding) and ranking distance."""
+
+    def __init__(self, n: int, device: torch.device, dtype: torch.dtype):
+        self.ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.dist = torch.full((n,), float("inf"), dtype=dtype, device=device)
+
+
+def _plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, nearest: _Nearest | None = None) -> torch.Tensor:
     """k-means++ seed indices (D² sampling), batched and exact.
 
     Seeds are drawn in batches: candidates are proposed from the squared distances
     to the seeds of the earlier batches (one blocked matmul per batch keeps those up
     to date) and accepted with probability (distance to every seed so far) / (the
     proposal's distance); that is rejection sampling of the exact D² distribution, so
-    the result is a k-means++ seeding, drawn from a CPU generator. *lists*, when
-    given, receive every point's nearest seeds (ids = positions in the result) on the
-    way, which saves k-means its first full assignment pass.
+    the result is a k-means++ seeding, drawn from a CPU generator. *nearest*, when
+    given, receives every point's nearest seed (ties: the lower id) on the way, which
+    is k-means' first assignment.
     """
     n, dim = x.shape
     chosen: list[int] = []
     x_host = x.detach().to("cpu", torch.float64).numpy()
     x_sq = (x * x).sum(dim=1)
     min_d = torch.full((n,), float("inf"), dtype=torch.float64, device=x.device)
-    draws = torch.rand(0, dtype=torch.float64)
+    buffer = torch.empty(0, dtype=x.dtype, device=x.device)
+    draws: list[float] = []
     used = 0
 
     def uniform() -> float:
         nonlocal draws, used
-        if used == draws.numel():
-            draws, used = torch.rand(1024, generator=generator, dtype=torch.float64), 0
+        if used == len(draws):
+            draws, used = torch.rand(1024, generator=generator, dtype=torch.float64).tolist(), 0
         used += 1
-        return float(draws[used - 1])
+        return draws[used - 1]
 
     def refresh(batch: list[int]) -> np.ndarray:
+        nonlocal buffer
         seeds = x[torch.as_tensor(batch, device=x.device)]
         s_sq = (seeds * seeds).sum(dim=1)
-        step = max(1, DEFAULT_BLOCK_ELEMENTS // max(1, len(batch)))
-        first_id = len(chosen) - len(batch)
+        b = len(batch)
+        step = max(1, DEFAULT_BLOCK_ELEMENTS // b)
+        if buffer.numel() < min(n, step) * b:
+            buffer = torch.empty(min(n, step) * b, dtype=x.dtype, device=x.device)
+        first_id = len(chosen) - b
         for s in range(0, n, step):
             e = min(n, s + step)
-            d = _rank_distances(x[s:e], seeds, s_sq)
-            min_d[s:e] = torch.minimum(min_d[s:e], (d.min(dim=1).values + x_sq[s:e]).clamp_min(0).to(torch.float64))
-            if lists is not None:
-                ids = torch.arange(first_id, first_id + len(batch), device=x.device)
-                vals, cand, bound = _top(torch.cat([lists.dist[s:e], d], 1), lists.ids[s:e], ids, lists.t)
-                lists.dist[s:e], lists.ids[s:e] = vals, cand
-                lists.bound[s:e] = torch.minimum(lists.bound[s:e], bound)
+            d = torch.addmm(s_sq.unsqueeze(0).expand(e - s, b), x[s:e], seeds.T, alpha=-2.0,
+                            out=buffer[: (e - s) * b].view(e - s, b))
+            best = d.amin(dim=1)
+            min_d[s:e] = torch.minimum(min_d[s:e], (best + x_sq[s:e]).clamp_min(0).to(torch.float64))
+            if nearest is not None:  # strictly nearer only: on a tie the earlier (lower) id stays
+                closer = torch.nonzero(best < nearest.dist[s:e]).flatten()
+                if closer.numel():
+                    nearest.ids[s + closer] = d[closer].argmin(dim=1) + first_id  # first of equal minima
+                    nearest.dist[s + closer] = best[closer]
         min_d[torch.as_tensor(batch, device=x.device)] = 0.0
         return min_d.cpu().numpy()
 
@@ -204,31 +248,27 @@ def _plus_plus(x: torch.Tensor, k: int, generator: torch.Generator, lists: _Cand
         batch: list[int] = []
         limit = min(k - len(chosen), max(1, min(256, len(chosen))))
         rejected = 0
-        seeds = np.empty((0, dim))
+        seeds = np.empty((limit, dim))  # the batch's seeds so far: seeds[: len(batch)]
         while len(batch) < limit and rejected <= 2 * len(batch) + 8:
             u = uniform()
             if not total > 0:  # every point already coincides with a seed
                 pick = min(int(u * n), n - 1)
+                seeds[len(batch)] = x_host[pick]
                 batch.append(pick)
-                seeds = np.vstack([seeds, x_host[pick]])
                 continue
             pick = min(int(np.searchsorted(cum, u * total, side="right")), n - 1)
             current = stale[pick]
-            if seeds.shape[0]:
-                current = min(current, float(((seeds - x_host[pick]) ** 2).sum(axis=1).min()))
+            if batch:
+                current = min(current, float(((seeds[: len(batch)] - x_host[pick]) ** 2).sum(axis=1).min()))
             if current > 0 and uniform() * stale[pick] < current:
+                seeds[len(batch)] = x_host[pick]
                 batch.append(pick)
-                seeds = np.vstack([seeds, x_host[pick]])
             else:
                 rejected += 1
         if not batch:
             continue
         chosen.extend(batch)
         stale = refresh(batch)
-    if lists is not None:  # where the seeds' lists ended in a tie with the bound, recompute exactly
-        unsure = torch.nonzero(~(lists.dist[:, 0] < lists.bound)).flatten()
-        if unsure.numel():
-            lists.full(x, x[torch.as_tensor(chosen, device=x.device)], unsure, _chunk(k, None))
     return torch.as_tensor(chosen[:k], dtype=torch.int64)
 
 
@@ -286,13 +326,17 @@ def kmeans(
         if centroids.shape != (k, x.shape[1]):
             raise ValueError(f"init must be k x D = {k} x {x.shape[1]}, got {tuple(centroids.shape)}")
         lists.full(x, centroids, None, chunk)
-    else:
+        listed = True
+        ids, best = lists.ids[:, 0], lists.dist[:, 0]
+    else:  # the seeding finds every point's nearest seed; the lists are filled at the first step
         generator = torch.Generator().manual_seed(int(seed))
-        centroids = x[_plus_plus(x, k, generator, lists).to(x.device)].clone()
+        nearest = _Nearest(n, x.device, x.dtype)
+        centroids = x[_plus_plus(x, k, generator, nearest).to(x.device)].clone()
+        listed = False
+        ids, best = nearest.ids, nearest.dist
 
     x_sq = (x * x).sum(dim=1)
     for _ in range(iterations):
-        ids = lists.ids[:, 0]
         sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
         sums.index_add_(0, ids, x.to(torch.float64))
         sizes = torch.bincount(ids, minlength=k)
@@ -300,18 +344,20 @@ def kmeans(
         new = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
         new[empty] = centroids[empty]
         if empty.numel():
-            dist = (lists.dist[:, 0] + x_sq).clamp_min(0.0)
+            dist = (best + x_sq).clamp_min(0.0)
             order = torch.sort(dist, descending=True, stable=True).indices
             new[empty] = x[order[: empty.numel()]]
         moved = torch.nonzero((new != centroids).any(dim=1)).flatten()
         centroids = new
         if moved.numel() == 0:
             break  # converged: the centroids did not move
-        if moved.numel() * 2 > k:
+        if not listed or moved.numel() * 2 > k:
             lists.full(x, centroids, None, chunk)
+            listed = True
         else:
             lists.moved(x, centroids, moved, chunk)
-    return centroids, lists.ids[:, 0].clone()
+        ids, best = lists.ids[:, 0], lists.dist[:, 0]
+    return centroids, ids.clone()
 
 
 def _resort(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
