@@ -18,7 +18,7 @@ def refreshed_runs(store: RunStore | None = None) -> list[dict[str, Any]]:
     records = store.all()
     live = [r["id"] for r in records if r["state"] in LIVE_STATES]  # only live runs can have changed
     if live:
-        updated = {r["id"]: r for r in run_ops.reconcile_many(live, store)}
+        updated = {r["id"]: r for r in run_ops.reconcile_many(live, store, records)}
         records = [updated.get(r["id"], r) for r in records]
     return sorted(records, key=lambda r: r["created_at"], reverse=True)
 

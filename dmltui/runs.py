@@ -173,10 +173,12 @@ def reconcile(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
     return store.update(run_id, summarize(record["run_dir"]))
 
 
-def reconcile_many(run_ids: list[str], store: RunStore | None = None) -> list[dict[str, Any]]:
-    """Reconcile several runs with one store write (the runs list and the TUI refresh all live runs at once)."""
+def reconcile_many(run_ids: list[str], store: RunStore | None = None,
+                   records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Reconcile several runs with one store write (the runs list refreshes all live runs at once);
+    *records* are the stored runs when the caller has just read them."""
     store = store or open_store()
-    records = {r["id"]: r for r in store.all()}
+    records = {r["id"]: r for r in (records if records is not None else store.all())}
     changes = {}
     for run_id in run_ids:
         if run_id not in records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import multiprocessing
 from pathlib import Path
@@ -9,13 +10,31 @@ from pathlib import Path
 import pytest
 from conftest import dmltui
 
-from dmltui.store import SCHEMA_VERSION, RunStore, StoreBusy, StoreError
+from dmltui.store import (
+    PACKED_CONFIG_KEY,
+    SCHEMA_VERSION,
+    RunStore,
+    StoreBusy,
+    StoreError,
+    default_config_base,
+)
 
 
-def _writer(path: str, worker: int, count: int) -> None:
+def _config(seed: int, defaults: dict | None = None) -> dict:
+    config = copy.deepcopy(defaults) if defaults else default_config_base()
+    config["run"]["seed"] = seed
+    config["optim"]["lr"] = 3e-5
+    config["loss"]["name"] = "triplet"
+    return config
+
+
+def _writer(path: str, worker: int, count: int, defaults: dict) -> None:
     store = RunStore(Path(path), timeout=60)
     for i in range(count):
-        store.put({"id": f"w{worker}-{i}", "state": "queued", "worker": worker})
+        run = {"id": f"w{worker}-{i}", "state": "queued", "worker": worker}
+        if i % 10 == 0:
+            run["config"] = _config(worker * 1000 + i, defaults)
+        store.put(run)
         if i % 5 == 0:
             store.update(f"w{worker}-{i}", {"state": "finished"})
 
@@ -24,7 +43,8 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "runs.json"
     workers, count = 16, 50
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_writer, args=(str(path), w, count)) for w in range(workers)]
+    defaults = default_config_base()  # (made here: importing pydantic in 16 processes at once takes long)
+    processes = [context.Process(target=_writer, args=(str(path), w, count, defaults)) for w in range(workers)]
     for p in processes:
         p.start()
     for p in processes:
@@ -33,6 +53,9 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     runs = RunStore(path).all()
     assert len(runs) == workers * count
     assert sum(r["state"] == "finished" for r in runs) == workers * len(range(0, count, 5))
+    with_config = [r for r in runs if "config" in r]
+    assert len(with_config) == workers * len(range(0, count, 10))
+    assert all(r["config"] == _config(r["worker"] * 1000 + int(r["id"].split("-")[1])) for r in with_config)
     data = json.loads(path.read_text())  # still one valid JSON document
     assert data["meta"]["1"]["schema_version"] == SCHEMA_VERSION
     assert not list(tmp_path.glob(".tmp-*"))
@@ -85,3 +108,122 @@ def test_cli_reports_a_corrupt_store_with_exit_1(isolated_env):
 def test_cli_runs_show_unknown_id_is_not_found():
     result = dmltui("runs", "show", "nope", "--json")
     assert result.returncode == 3 and "no run with id 'nope'" in result.stderr
+
+
+def _v1_file(path: Path, runs: list[dict]) -> None:
+    """A store as dmltui wrote it before schema 2: full configs in every document."""
+    documents = {str(i + 1): run for i, run in enumerate(runs)}
+    path.write_text(json.dumps({"meta": {"1": {"schema_version": 1}}, "runs": documents}, separators=(",", ":")))
+
+
+def _runs(count: int) -> list[dict]:
+    runs = []
+    for i in range(count):
+        config = _config(i)
+        if i % 3 == 1:  # keys the defaults lack, a removed key, changed types, a list, a section replaced by a scalar
+            config["optim"]["extra"] = {"nested": [1, 2.5, None]}
+            del config["data"]["cache"]
+            config["run"]["gpus"] = [0, 1]
+            config["model"]["embed_dim"] = float(config["model"]["embed_dim"])
+            config["run"]["deterministic"] = int(config["run"]["deterministic"])
+            config["miner"] = "none"
+        runs.append({"id": f"run-{i}", "name": f"r{i}", "state": "finished", "config": config,
+                     "best": {"test/e_recall@1": {"value": 0.5 + i / 100, "epoch": i}}, "tags": ["t"], "notes": ""})
+    return runs
+
+
+def _exact(records: list[dict]) -> str:
+    """Records as text with key order and value types: equal only if they are identical."""
+    return json.dumps(records)
+
+
+def test_version_1_files_are_read_as_they_are_and_converted_on_the_first_write(tmp_path):
+    path = tmp_path / "runs.json"
+    runs = _runs(6)
+    _v1_file(path, runs)
+    before = path.read_text()
+    store = RunStore(path)
+    assert _exact(store.all()) == _exact(runs)
+    assert _exact([store.get("run-4")]) == _exact([runs[4]])
+    assert path.read_text() == before  # reading never rewrites the file
+    updated = store.update("run-1", {"notes": "converted"})
+    assert _exact([updated]) == _exact([{**runs[1], "notes": "converted"}])
+    data = json.loads(path.read_text())
+    assert data["meta"]["1"]["schema_version"] == SCHEMA_VERSION == 2
+    assert data["meta"]["1"]["config_base"] == default_config_base()
+    assert all("config" not in doc and PACKED_CONFIG_KEY in doc for doc in data["runs"].values())
+    assert len(path.read_text()) < len(before) / 3
+    runs[1]["notes"] = "converted"
+    assert _exact(store.all()) == _exact(runs)
+
+
+def test_records_round_trip_exactly_through_compact_configs(tmp_path):
+    path = tmp_path / "runs.json"
+    store = RunStore(path)
+    runs = _runs(6)
+    runs.append({"id": "no-config", "state": "queued"})
+    runs.append({"id": "odd-config", "state": "queued", "config": None})
+    runs.append({"id": "defaults", "state": "queued", "config": default_config_base()})
+    for run in runs:
+        store.put(copy.deepcopy(run))
+    assert _exact(store.all()) == _exact(runs)
+    assert _exact([store.get("run-1")]) == _exact([runs[1]])
+    stored = json.loads(path.read_text())["runs"]
+    assert stored["9"][PACKED_CONFIG_KEY] == {"set": []}  # the defaults: nothing but the marker
+    defaults = default_config_base()
+    assert stored["1"][PACKED_CONFIG_KEY]["set"] == [  # only what differs from the defaults, in the config's order
+        [[section, key], value] for section, values in runs[0]["config"].items() for key, value in values.items()
+        if defaults[section][key] != value]
+    assert len(stored["1"][PACKED_CONFIG_KEY]["set"]) in (2, 3)  # seed, lr, loss name
+
+    # a new config replaces the old one; other updates leave it alone; update_many returns full records
+    runs[0]["config"] = _config(99)
+    assert store.update("run-0", {"config": copy.deepcopy(runs[0]["config"])})["config"] == runs[0]["config"]
+    changed = store.update_many({"run-2": {"state": "crashed"}, "missing": {"state": "x"}, "run-3": {"epoch": 3}})
+    runs[2]["state"], runs[3]["epoch"] = "crashed", 3
+    assert _exact(changed) == _exact([runs[2], runs[3]])
+    assert _exact(store.all()) == _exact(runs)
+
+    # every read gives independent objects
+    first, second = store.all()[:2]
+    first["config"]["optim"]["lr"] = 1.0
+    assert second["config"]["optim"]["lr"] == 3e-5 and store.get("run-0")["config"]["optim"]["lr"] == 3e-5
+
+    # still a TinyDB database
+    from tinydb import TinyDB
+
+    with TinyDB(str(path)) as db:
+        assert [doc["id"] for doc in db.table("runs").all()] == [run["id"] for run in runs]
+        assert db.table("meta").get(doc_id=1)["schema_version"] == SCHEMA_VERSION
+    assert store.remove("run-4") and not store.remove("run-4")
+    del runs[4]
+    assert _exact(store.all()) == _exact(runs)
+
+
+def test_a_config_that_would_not_round_trip_is_stored_whole(tmp_path):
+    path = tmp_path / "runs.json"
+    store = RunStore(path)
+    config = default_config_base()
+    config = {"run": config.pop("run"), **config}  # same keys, another order: kept as it is
+    store.put({"id": "a", "config": config})
+    assert _exact([store.get("a")["config"]]) == _exact([config])
+    assert "config" in json.loads(path.read_text())["runs"]["1"]
+
+
+def test_packed_configs_without_a_base_are_an_error(tmp_path):
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps({"meta": {"1": {"schema_version": 2}}, "runs": {"1": {"id": "a", PACKED_CONFIG_KEY: {"set": []}}}}))
+    with pytest.raises(StoreError, match="no config_base"):
+        RunStore(path).all()
+
+
+def test_print_json_is_compact_when_piped_and_indented_on_a_terminal(monkeypatch, capsys):
+    from dmltui.cli.common import print_json
+
+    data = {"b": [1, {"x": None}], "a": Path("p")}
+    print_json(data)
+    assert capsys.readouterr().out == '{"a": "p", "b": [1, {"x": null}]}\n'
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    print_json(data)
+    assert capsys.readouterr().out == json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+

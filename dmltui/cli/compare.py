@@ -8,9 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Column, Table
 
 from dmltui import compare as cmp
 from dmltui import runs as run_ops
@@ -54,6 +51,10 @@ def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
 
 def _print_table(table_rows: cmp.TableRows) -> None:
     """Numbers right-aligned; piped output is never wrapped or cut to 80 columns (a terminal wraps cells)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Column, Table
+
     columns = [Column(header, justify="right" if c >= table_rows.lead else "left")
                for c, header in enumerate(table_rows.headers)]
     table = Table(*columns, box=None, pad_edge=False)

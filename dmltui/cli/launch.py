@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
-from dmltui.launching import PlannedRun, check_gpus, plan_runs, start_runs
-from engine.config.presets import ConfigError, PresetNotFound
+
+if TYPE_CHECKING:  # dmltui.launching imports the config modules (pydantic): deferred to the commands that launch
+    from dmltui.launching import PlannedRun
 
 
 def validate_gpus(text: str) -> str:
+    from dmltui.launching import check_gpus
+
     try:
         return check_gpus(text)
     except ValueError as error:
@@ -21,6 +24,9 @@ def validate_gpus(text: str) -> str:
 
 def _plan(presets: list[str], overrides: list[str], **kwargs) -> list[PlannedRun]:
     """Resolve every run first: an invalid config, seed list or grid exits 2 (3 for an unknown preset), nothing starts."""
+    from dmltui.launching import plan_runs
+    from engine.config.presets import ConfigError, PresetNotFound
+
     try:
         planned, warnings = plan_runs(presets, overrides, **kwargs)
     except PresetNotFound as error:
@@ -47,6 +53,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the started runs as JSON")] = False,
 ) -> None:
     """Start training runs in the background (one per seed); they survive this shell and a dropped SSH session."""
+    from dmltui.launching import start_runs
+
     planned = _plan(presets, overrides or [], seeds=seeds, name=name)
     records = start_runs(planned, gpus=gpus, tags=tags or [], gpus_per_run=gpus_per_run)
     if as_json:
@@ -71,6 +79,8 @@ def sweep(
     as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON")] = False,
 ) -> None:
     """Launch the product of a parameter grid (times the seeds) as detached runs."""
+    from dmltui.launching import start_runs
+
     planned = _plan(presets, overrides or [], seeds=seeds, grid=grid)
     if dry_run:
         rows = [{"grid": run.grid, "seed": run.seed, "name": run.name} for run in planned]

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from dmltui import home
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
-from engine.config.presets import ConfigError, PresetNotFound, display_path, flatten, resolve
+
+# engine.config.presets (pydantic) and rich.table are imported by the commands that use them: `dmltui --help`,
+# completion and the other commands do not pay for them.
 
 app = typer.Typer(help="Run presets: composable TOML files.", no_args_is_help=True)
 
@@ -36,6 +37,10 @@ def _describe(name: str) -> dict[str, Any]:
 @app.command("list")
 def list_presets(as_json: JsonOption = False) -> None:
     """List the available presets (user presets shadow bundled ones)."""
+    from rich.table import Table
+
+    from engine.config.presets import ConfigError
+
     entries = []
     for name in home.preset_library().names():
         try:
@@ -61,6 +66,8 @@ def show(
     as_json: JsonOption = False,
 ) -> None:
     """Show a preset file, or with --resolved the complete config it produces."""
+    from engine.config.presets import ConfigError, PresetNotFound, resolve
+
     try:
         entry = _describe(name)
         result = resolve(name, overrides or [], library=home.preset_library()) if resolved or overrides else None
@@ -90,6 +97,8 @@ def validate(
     as_json: JsonOption = False,
 ) -> None:
     """Resolve and validate presets; one line per problem, exit code 2 if any is invalid."""
+    from engine.config.presets import ConfigError, resolve
+
     library = home.preset_library()
     targets = paths or library.names()
     report = []
@@ -123,7 +132,7 @@ def import_runs(
 ) -> None:
     """Turn lines of an original runs file into preset files (one per group; seeds collected)."""
     from engine.config.legacy import convert_runs_file
-    from engine.config.presets import validate_tree, write_preset
+    from engine.config.presets import ConfigError, display_path, flatten, validate_tree, write_preset
 
     if not script.is_file():
         fail(f"{script} does not exist", ExitCode.NOT_FOUND)

@@ -6,13 +6,11 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from dmltui import home
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.results import before_after_rows, display_name, scalar_metric_names
-from engine.config.presets import ConfigError, PresetNotFound, resolve
 from engine.rundir import RunDir
 
 STATE_EXIT = {"finished": ExitCode.OK, "stopped": ExitCode.INTERRUPTED}
@@ -24,6 +22,10 @@ def quickstart(
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
     """Train the quickstart preset (embedded glyphs, small CNN, CPU) and compare it with raw pixels and the untrained network."""
+    from rich.table import Table
+
+    from engine.config.presets import ConfigError, PresetNotFound, resolve  # deferred: pydantic
+
     try:
         resolved = resolve(preset, overrides or [], library=home.preset_library())
     except PresetNotFound as error:
