@@ -1,3 +1,3 @@
-from dmltui.cli import main
+from dmltui.main import main
 
 main()
