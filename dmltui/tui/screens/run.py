@@ -239,7 +239,7 @@ class RunScreen(Screen):
                 key = str(row["epoch"])
                 if key in table.rows:
                     for column, cell in zip(["epoch", *self.columns], cells):
-                        table.update_cell(key, column, cell)
+                        table.update_cell(key, column, cell, update_width=True)
                 else:
                     table.add_row(*cells, key=key)  # epochs arrive in order: a new one is the last
         if table.row_count and (at_end or update.rows_reset):

@@ -90,7 +90,7 @@ class RunsScreen(Screen):
                     continue
                 for column, value in run_cells(record, selected=record["id"] in self.selected, now=now).items():
                     if str(table.get_cell(record["id"], column)) != str(value):
-                        table.update_cell(record["id"], column, value)
+                        table.update_cell(record["id"], column, value, update_width=True)
         else:
             table.clear()
             for record in records:
@@ -123,7 +123,7 @@ class RunsScreen(Screen):
         now = self.app.now()
         for record in self.shown:
             if record["state"] == "running":
-                self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"])
+                self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"], update_width=True)
 
     def cursor_run_id(self) -> str | None:
         table = self.table

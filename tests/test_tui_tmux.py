@@ -1,0 +1,75 @@
+"""The real `dmltui` program in tmux, driven as a person would: launch a run from the form and watch it finish."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+class Tmux:
+    def __init__(self, socket: str, session: str = "dmltui"):
+        self.base = ["tmux", "-L", socket]
+        self.session = session
+
+    def __call__(self, *args: str) -> str:
+        return subprocess.run([*self.base, *args], check=True, capture_output=True, text=True).stdout
+
+    def keys(self, *keys: str, pause: float = 0.25) -> None:
+        for key in keys:
+            self("send-keys", "-t", self.session, key)
+            time.sleep(pause)
+
+    def screen(self) -> str:
+        return self("capture-pane", "-p", "-t", self.session)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if re.search(pattern, screen):
+                return screen
+            time.sleep(0.3)
+        raise AssertionError(f"{pattern!r} did not appear within {timeout} s; the screen shows:\n{self.screen()}")
+
+
+def test_launch_a_run_from_the_form_and_watch_it_in_tmux(isolated_env):
+    script = Path(sys.executable).with_name("dmltui")
+    tmux = Tmux(f"dmltui-test-{os.getpid()}")
+    env = [f"{name}={os.environ[name]}" for name in ("DMLTUI_HOME", "DMLTUI_DATA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")]
+    tmux("new-session", "-d", "-s", tmux.session, "-x", "100", "-y", "30", "env", *env, "TERM=xterm-256color", str(script))
+    try:
+        tmux("set-option", "-s", "escape-time", "0")  # else tmux holds a lone Escape back as the start of alt+key
+        tmux.wait_for(r"0 of 0 runs", 30)
+        tmux.keys("n")  # the new-run screen opens on the quickstart preset
+        tmux.wait_for(r"1 run · ✓ valid · 0 overrides", 90)  # the engine's registries load in a worker
+        tmux.keys("Tab", "Tab", *["Right"] * 5)  # to the section tabs, then over to "optim"
+        tmux.wait_for(r"epochs\s+20", 10)
+        tmux.keys(*["Tab"] * 6, "End", "BSpace", "BSpace", "2")  # optim.epochs = 2
+        tmux.wait_for(r"\* epochs\s+2\b", 10)
+        tmux.wait_for(r"1 run · ✓ valid · 1 override", 10)
+        tmux.keys("C-s")
+        tmux.wait_for(r"quickstart-s0", 20)  # back on the runs screen with the new run
+        screen = tmux.wait_for(r"finished\s+quickstart-s0\s+2/2", 180)
+        assert re.search(r"quickstart-s0\s+2/2 ▰+\s+0\.\d{4}", screen), screen  # a best R@1 is shown
+        tmux.keys("Enter")  # the run screen: one metric row per epoch
+        screen = tmux.wait_for(r"finished · epoch 2/2", 10)
+        rows = [line.split() for line in screen.splitlines() if re.match(r"\s+[0-2]\s+(-|\d\.\d{4})\s", line)]
+        assert [row[0] for row in rows] == ["0", "1", "2"], screen
+        tmux.keys("Escape", pause=0.5)
+        tmux.wait_for(r"1 of 1 runs", 10)
+        tmux.keys("q")  # quitting ends the program, and with it the tmux session
+        deadline = time.monotonic() + 10
+        while subprocess.run([*tmux.base, "has-session", "-t", tmux.session], capture_output=True).returncode == 0:
+            assert time.monotonic() < deadline, tmux.screen()
+            time.sleep(0.2)
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)
