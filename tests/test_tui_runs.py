@@ -368,3 +368,61 @@ def test_runs_screen_snapshot(three_runs, snap_compare, size):
 
 def test_help_screen_snapshot(three_runs, snap_compare):
     assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=(80, 24), press=["question_mark"])
+
+
+# --------------------------------------------------------------------------- GPU panel
+
+
+FAKE_GPUS = [("NVIDIA H200", 143771, 20480, 87), ("NVIDIA H200", 143771, 512, 0)]
+
+
+def fake_gpus(monkeypatch):
+    from dmltui import gpus
+
+    infos = [gpus.GpuInfo(i, name, total, used, util) for i, (name, total, used, util) in enumerate(FAKE_GPUS)]
+    monkeypatch.setattr(gpus, "gpus", lambda: infos)
+
+
+def test_gpu_usage_names_the_run_holding_each_gpu(monkeypatch):
+    from dmltui import gpus
+
+    fake_gpus(monkeypatch)
+    records = [{"name": "a", "state": "running", "gpus": [0]}, {"name": "b", "state": "finished", "gpus": [1]}]
+    rows = gpus.usage(records)
+    assert [(r["index"], r["runs"], r["utilization_pct"]) for r in rows] == [(0, ["a"], 87), (1, [], 0)]
+
+
+def test_gpu_panel_shows_gpus_and_is_hidden_without_them(isolated_env, monkeypatch):
+    process = sleeper()
+    record = fake_run(isolated_env, name="on-gpu", state="running", epoch=1, epochs=4, pid=process.pid)
+    status_path = Path(record["run_dir"]) / "status.json"
+    status_path.write_text(json.dumps({**json.loads(status_path.read_text()), "gpus": [0]}))
+    fake_gpus(monkeypatch)
+    app = app_for_tests()
+    try:
+        async def scenario(pilot):
+            panel = app.screen.query_one("#gpus")
+            await wait_for(pilot, lambda: panel.display and panel.rows and panel.rows[0]["runs"], timeout=8)  # polled every 2 s
+            assert [(r["index"], r["runs"]) for r in panel.rows] == [(0, ["on-gpu"]), (1, [])]
+            from rich.console import Console
+
+            from dmltui.tui.widgets.gpu_panel import gpu_table
+
+            console = Console(record=True, width=100)
+            console.print(gpu_table(panel.rows))
+            text = console.export_text()
+            assert "87%" in text and "20.0/140 GiB" in text and "on-gpu" in text and "free" in text
+
+        run_app(app, scenario)
+    finally:
+        process.kill()
+        process.wait()
+
+    monkeypatch.setattr("dmltui.gpus.gpus", lambda: [])
+    app = app_for_tests()
+
+    async def no_gpus(pilot):
+        await pilot.pause(0.3)
+        assert app.screen.query_one("#gpus").display is False
+
+    run_app(app, no_gpus)
