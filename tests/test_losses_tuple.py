@@ -499,6 +499,25 @@ def test_npair_regulariser_is_the_norm_not_squared_and_no_scaling():
     assert values[0.0] == pytest.approx(npair_reference(x, labels.tolist(), pairs, 0.0).item(), rel=1e-10)
 
 
+@pytest.mark.parametrize("arch, override, scale", [("bninception", None, 0.25), ("bninception_frozen", None, 0.25),
+                                                   ("resnet50_frozen", None, 1.0), ("bninception", 0.5, 0.5)])
+def test_npair_input_scale_follows_the_backbone_unless_set(arch, override, scale):
+    """The original divides BN-Inception embeddings by 4 before the n-pair loss (regulariser included)."""
+    config = Config.model_validate({"model": {"arch": arch, "embed_dim": 6}, "loss": {"name": "npair",
+                                    "npair": {"input_scale": override}}, "miner": {"name": "npair"}})
+    loss = losses.from_config(config, num_classes=3).double()
+    assert loss.input_scale == scale
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    x = embeddings(labels.tolist(), seed=4, normalise=False) * 3
+    torch.manual_seed(1)
+    value = loss(x, labels).item()
+    torch.manual_seed(1)
+    pairs = miner_pairs(miners.create("npair")(x, labels))
+    scaled = x * scale
+    expected = npair_reference(scaled, labels.tolist(), pairs, 0.0) + 0.005 * scaled.norm(dim=1).mean()
+    assert value == pytest.approx(expected.item(), rel=1e-10)
+
+
 def test_angular_ragged_negatives_match_the_reference():
     labels = [0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3]  # negatives per anchor: 7, 11, 11, 10
     x = embeddings(labels, seed=9)

@@ -126,6 +126,9 @@ class ProxyNCAParams(Section):
 
 class NPairParams(Section):
     l2: float = Field(0.005, ge=0, description="Weight of the mean embedding L2-norm regulariser.")
+    input_scale: float | None = Field(
+        None, gt=0, description="Factor on the embeddings before the loss; default: 1/4 with a bninception backbone "
+        "(as the original does), else 1.")
 
 
 class AngularParams(Section):

@@ -53,11 +53,23 @@ class NPairLoss(DMLLoss):
     REQUIRES_MINER = True
     MINER_OUTPUTS = ("npair",)
 
-    def __init__(self, num_classes: int, embed_dim: int, miner: Miner | None = None, *, l2: float = 0.005):
+    def __init__(self, num_classes: int, embed_dim: int, miner: Miner | None = None, *, l2: float = 0.005,
+                 input_scale: float = 1.0):
         super().__init__(num_classes, embed_dim, miner)
         self.l2 = l2
+        self.input_scale = input_scale
+
+    @classmethod
+    def from_config(cls, config, num_classes: int, miner: Miner | None) -> NPairLoss:
+        """``loss.npair.input_scale`` unset: the original's rule, x/4 for BN-Inception's large un-normalised outputs."""
+        params = config.loss.npair.model_dump()
+        if params["input_scale"] is None:
+            params["input_scale"] = 0.25 if config.model.arch.startswith("bninception") else 1.0
+        return cls(num_classes, config.model.embed_dim, miner, **params)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.input_scale != 1.0:
+            embeddings = embeddings * self.input_scale
         anchors, positives, negatives = valid_anchor_sets(self.miner(embeddings, labels))
         if anchors.numel() == 0:
             return self.zero(embeddings)
