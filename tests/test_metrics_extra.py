@@ -456,3 +456,12 @@ def test_seeded_kmeans_equals_plain_lloyd_from_its_seeds(segment, monkeypatch):
             rc, rids = plain_lloyd(x, init, iterations)
             assert torch.equal(ids, rids), (k, iterations)
             torch.testing.assert_close(c, rc, rtol=0, atol=1e-5)
+
+
+def test_faiss_backend_without_faiss_says_which_extra_to_install(monkeypatch):
+    from engine.metrics import backends
+
+    monkeypatch.setattr(backends, "_faiss", False)  # as if neither faiss-cpu nor faiss-gpu were installed
+    assert backends.resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(ValueError, match=r"dmltui\[faiss\].*dmltui\[gpu\]"):
+        backends.resolve_backend("faiss", torch.device("cpu"))

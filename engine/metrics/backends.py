@@ -48,7 +48,7 @@ def faiss_module() -> Any | None:
     if _faiss is None:
         try:
             import faiss
-        except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        except ImportError:  # an optional extra: dmltui[faiss] or dmltui[gpu]
             _faiss = False
         else:
             _faiss = faiss
@@ -74,7 +74,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return "torch"
         return "faiss" if faiss_module() is not None else "torch"
     if backend == "faiss" and faiss_module() is None:
-        raise ValueError("metrics backend 'faiss' needs the faiss package (faiss-cpu or faiss-gpu)")
+        raise ValueError("eval.backend='faiss' needs faiss: install the extra dmltui[faiss] (faiss-cpu) or dmltui[gpu] "
+                         "(faiss-gpu), e.g. `uv sync --extra gpu --no-dev`; or use eval.backend='torch'")
     return backend
 
 
@@ -120,7 +121,8 @@ def faiss_search_blocks(
     """
     faiss = faiss_module()
     if faiss is None:
-        raise ValueError("metrics backend 'faiss' needs the faiss package (faiss-cpu or faiss-gpu)")
+        raise ValueError("eval.backend='faiss' needs faiss: install the extra dmltui[faiss] (faiss-cpu) or dmltui[gpu] "
+                         "(faiss-gpu), e.g. `uv sync --extra gpu --no-dev`; or use eval.backend='torch'")
     _sync_threads(faiss)
     q = prepare(query.detach().to("cpu", torch.float32), metric)
     g = prepare(gallery.detach().to("cpu", torch.float32), metric)
@@ -174,7 +176,8 @@ def faiss_kmeans(
     """faiss k-means from *init* centroids: (centroids k × D, nearest final centroid of every row), on the CPU."""
     faiss = faiss_module()
     if faiss is None:
-        raise ValueError("metrics backend 'faiss' needs the faiss package (faiss-cpu or faiss-gpu)")
+        raise ValueError("eval.backend='faiss' needs faiss: install the extra dmltui[faiss] (faiss-cpu) or dmltui[gpu] "
+                         "(faiss-gpu), e.g. `uv sync --extra gpu --no-dev`; or use eval.backend='torch'")
     _sync_threads(faiss)
     xn = _numpy32(x)
     gpu = on_gpu and faiss_gpus() > 0
