@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 
 from conftest import dmltui
 
@@ -89,3 +90,17 @@ def test_schema_command_prints_the_config_json_schema(tmp_path):
     assert schema["title"] == "Config" and "loss" in schema["properties"]
     assert dmltui("schema", "--out", str(tmp_path / "s.json")).returncode == 0
     assert json.loads((tmp_path / "s.json").read_text()) == schema
+
+
+def test_runs_tail_json_prints_every_metric_line_and_exits_by_state(isolated_env):
+    from dmltui.testing import fake_run
+
+    done = fake_run(isolated_env, name="done", epochs=3)
+    failed = fake_run(isolated_env, name="broken", state="failed", epoch=1, epochs=3, index=1)
+    result = dmltui("runs", "tail", done["id"], "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = [json.loads(line) for line in (Path(done["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert lines == expected and len(lines) == 3 + 4  # 3 train lines, 4 evaluations (epoch 0 included)
+    assert dmltui("runs", "tail", failed["id"], "--json").returncode == 1
+    assert dmltui("runs", "tail", "nope", "--json").returncode == 3

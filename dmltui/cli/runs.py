@@ -121,17 +121,19 @@ def tail(run_id: IdArgument, as_json: Annotated[bool, typer.Option("--json", hel
     record = _get(run_id)
     if not as_json:
         raise typer.Exit(follow_runs([record["id"]]))
-    seen = 0
+    from dmltui.monitor import metrics_tail
+
+    tail = metrics_tail(record["run_dir"])  # the TUI's reader: only appended lines are read
     while True:
-        records = RunDir(record["run_dir"]).read_metrics()
-        for line in records[seen:]:
+        ended = record["state"] in FINAL_STATES  # read once more after the end: nothing is missed
+        lines, _replaced = tail.read()
+        for line in lines:
             sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
         sys.stdout.flush()
-        seen = len(records)
-        record = run_ops.reconcile(record["id"])
-        if record["state"] in FINAL_STATES and seen == len(RunDir(record["run_dir"]).read_metrics()):
+        if ended:
             break
         time.sleep(0.5)
+        record = run_ops.reconcile(record["id"])
     raise typer.Exit(int(ExitCode.OK) if record["state"] == "finished" else int(ExitCode.FAILED))
 
 
