@@ -366,8 +366,9 @@ def test_runs_screen_snapshot(three_runs, snap_compare, size):
     assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=size)
 
 
-def test_help_screen_snapshot(three_runs, snap_compare):
-    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=(80, 24), press=["question_mark"])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_help_screen_snapshot(three_runs, snap_compare, size):
+    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=size, press=["question_mark"])
 
 
 # --------------------------------------------------------------------------- GPU panel
