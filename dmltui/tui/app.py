@@ -75,6 +75,32 @@ class DmlTuiApp(App):
         if changed:
             self.runs_version += 1
 
+    @work(thread=True, group="operations", exit_on_error=False)
+    def run_operation(self, operation: str, record: dict[str, Any]) -> None:
+        """stop, resume, rerun or delete a run with the CLI's own functions, off the UI thread (stopping waits for
+        the engine's checkpoint); the outcome is a notification, and the runs are polled again."""
+        from dmltui import runs as run_ops
+
+        try:
+            record = run_ops.reconcile(record["id"], self.monitor.store)
+            if operation == "stop":
+                message = f"{record['name']} {run_ops.stop(record)['state']}"
+            elif operation == "resume":
+                message = f"{record['name']} {run_ops.resume(record)['state']}"
+            elif operation == "rerun":
+                new = run_ops.rerun(record)
+                message = f"started {new['name']} ({new['id']})"
+            elif operation == "delete":
+                run_ops.remove(record)
+                message = f"deleted {record['name']}"
+            else:
+                raise ValueError(f"unknown run operation {operation!r}")
+            severity = "information"
+        except (run_ops.RunError, KeyError) as error:
+            message, severity = str(error), "error"
+        self.call_from_thread(self.notify, message, severity=severity)
+        self.call_from_thread(self.refresh_runs)
+
     def now(self) -> datetime:
         return self.clock() if self.clock else datetime.now(UTC)
 

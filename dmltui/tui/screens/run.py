@@ -326,33 +326,15 @@ class RunScreen(Screen):
             return
         self.app.push_screen(ConfirmScreen(f"Stop run {record['name']} ({record['id']})? It checkpoints and can be resumed.",
                                            confirm_label="Stop"),
-                             lambda yes: yes and self.run_operation("stop", record))
+                             lambda yes: yes and self.app.run_operation("stop", record))
 
     def action_resume(self) -> None:
         record = self.record
         if record:
-            self.run_operation("resume", record)
+            self.app.run_operation("resume", record)
 
     def action_rerun(self) -> None:
         record = self.record
         if record:
             self.app.push_screen(ConfirmScreen(f"Start a new run with the config of {record['name']}?", confirm_label="Rerun"),
-                                 lambda yes: yes and self.run_operation("rerun", record))
-
-    @work(thread=True, group="operations", exit_on_error=False)
-    def run_operation(self, operation: str, record: dict[str, Any]) -> None:
-        """The CLI's own operations, off the UI thread (stopping waits for the checkpoint)."""
-        try:
-            record = run_ops.reconcile(record["id"], self.app.monitor.store)
-            if operation == "stop":
-                message = f"{record['name']} {run_ops.stop(record)['state']}"
-            elif operation == "resume":
-                message = f"{record['name']} {run_ops.resume(record)['state']}"
-            else:
-                new = run_ops.rerun(record)
-                message = f"started {new['name']} ({new['id']}); it is on the runs screen"
-            severity = "information"
-        except (run_ops.RunError, KeyError) as error:
-            message, severity = str(error), "error"
-        self.app.call_from_thread(self.notify, message, severity=severity)
-        self.app.call_from_thread(self.app.refresh_runs)
+                                 lambda yes: yes and self.app.run_operation("rerun", record))

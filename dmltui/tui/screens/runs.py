@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from dmltui import runs as run_ops
 from dmltui.compare import logged_metrics, metric_label
 from dmltui.listing import matches, parse_filter, sort_runs
 from dmltui.tui.format import RUN_COLUMNS, run_cells
@@ -236,7 +235,7 @@ class RunsScreen(Screen):
         if record is None:
             return
         self.app.push_screen(ConfirmScreen(question.format(**record), confirm_label=label, danger=danger),
-                             lambda yes: yes and self.run_operation(operation, record))
+                             lambda yes: yes and self.app.run_operation(operation, record))
 
     def action_stop(self) -> None:
         record = self.cursor_record()
@@ -248,31 +247,10 @@ class RunsScreen(Screen):
     def action_resume(self) -> None:
         record = self.cursor_record()
         if record:
-            self.run_operation("resume", record)
+            self.app.run_operation("resume", record)
 
     def action_rerun(self) -> None:
         self._confirmed("Start a new run with the config of {name}?", "Rerun", "rerun")
 
     def action_delete(self) -> None:
         self._confirmed("Delete run {name} ({id}) and its run directory {run_dir}?", "Delete", "delete", danger=True)
-
-    @work(thread=True, group="operations", exit_on_error=False)
-    def run_operation(self, operation: str, record: dict[str, Any]) -> None:
-        """The CLI's own operations, off the UI thread (stopping waits for the checkpoint)."""
-        record = run_ops.reconcile(record["id"], self.app.monitor.store)
-        try:
-            if operation == "stop":
-                message = f"{record['name']} {run_ops.stop(record)['state']}"
-            elif operation == "resume":
-                message = f"{record['name']} {run_ops.resume(record)['state']}"
-            elif operation == "rerun":
-                new = run_ops.rerun(record)
-                message = f"started {new['name']} ({new['id']})"
-            else:
-                run_ops.remove(record)
-                message = f"deleted {record['name']}"
-            severity = "information"
-        except run_ops.RunError as error:
-            message, severity = str(error), "error"
-        self.app.call_from_thread(self.notify, message, severity=severity)
-        self.app.call_from_thread(self.app.refresh_runs)
