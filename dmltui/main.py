@@ -10,11 +10,11 @@ import sys
 
 
 def main() -> None:
-    if len(sys.argv) == 1:
+    if len(sys.argv) == 1 and sys.stdin.isatty() and sys.stdout.isatty():
         from dmltui.tui import run_tui
 
         run_tui()
         return
     from dmltui.cli import main as cli_main
 
-    cli_main()
+    cli_main()  # without arguments and without a terminal (a pipe, a script): the CLI's help, exit code 2

@@ -87,3 +87,23 @@ def dmltui(*args: str, env: dict | None = None, timeout: float = 300) -> subproc
 
 def engine_cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return run_cli("-m", "engine", *args, **kw)
+
+
+async def tables_settled(pilot, timeout: float = 10.0) -> None:
+    """Wait for the screen to stop changing: Textual measures table columns and scrolls to a cursor after the
+    next idle moment or frame, which come late on a loaded machine, and a snapshot taken before that shows
+    columns of the wrong width or the wrong rows. Settled = two screenshots 0.2 s apart are the same."""
+    import time
+
+    from textual.widgets import DataTable
+
+    deadline = time.monotonic() + timeout
+    while any(table._require_update_dimensions for table in pilot.app.screen.query(DataTable) if table.region.height):
+        assert time.monotonic() < deadline, "the tables never measured their columns"
+        await pilot.pause(0.05)
+    await pilot.wait_for_scheduled_animations()
+    previous = None
+    while (current := pilot.app.export_screenshot()) != previous:
+        assert time.monotonic() < deadline, "the screen never settled"
+        previous = current
+        await pilot.pause(0.2)

@@ -104,3 +104,9 @@ def test_runs_tail_json_prints_every_metric_line_and_exits_by_state(isolated_env
     assert lines == expected and len(lines) == 3 + 4  # 3 train lines, 4 evaluations (epoch 0 included)
     assert dmltui("runs", "tail", failed["id"], "--json").returncode == 1
     assert dmltui("runs", "tail", "nope", "--json").returncode == 3
+
+
+def test_dmltui_alone_without_a_terminal_prints_the_commands():
+    result = dmltui()  # stdin and stdout are pipes here: no terminal to draw the UI on
+    assert result.returncode == 2
+    assert "Usage: dmltui" in result.stdout + result.stderr and "tui" in result.stdout + result.stderr

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import tables_settled
 
 from dmltui import compare as cmp
 from dmltui.testing import fake_metrics, fake_run
@@ -411,7 +412,7 @@ def snapshot_runs(isolated_env):
     ]
 
 
-def open_run(run_id: str, *keys: str):
+def open_run(run_id: str, *keys: str, rows: int = 21):
     async def run_before(pilot):
         from dmltui.tui.screens.run import RunScreen
 
@@ -419,10 +420,11 @@ def open_run(run_id: str, *keys: str):
         await wait_for(pilot, lambda: app.run_record(run_id) is not None)
         app.push_screen(RunScreen(run_id))
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen.query("#epochs")
-                       and app.screen.query_one("#epochs").row_count
+                       and app.screen.query_one("#epochs").row_count == rows  # epochs 0..N
                        and "[" in str(app.screen.query_one("#config-text").render()))
         await pilot.press(*keys)
-        await pilot.pause(0.2)
+        await pilot.wait_for_scheduled_animations()  # the table scrolls to the newest epoch
+        await tables_settled(pilot)
 
     return run_before
 
@@ -436,7 +438,7 @@ def open_compare(run_ids: list[str], *keys: str):
         app.push_screen(CompareScreen(run_ids))
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.rows_by_run)
         await pilot.press(*keys)
-        await pilot.pause(0.2)
+        await tables_settled(pilot)
 
     return run_before
 
@@ -446,9 +448,12 @@ SIZES = {"80x24": (80, 24), "120x40": (120, 40)}
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("tab", ["1", "2"])
-def test_snapshot_run_screen(snap_compare, snapshot_runs, size, tab):
-    run_id = snapshot_runs[1]["id"]
-    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=SIZES[size], run_before=open_run(run_id, tab))
+def test_snapshot_run_screen(snap_compare, isolated_env, size, tab):
+    # 12 epochs: every row fits at 80x24, so the picture does not hang on how far the table scrolled
+    run = fake_run(isolated_env, name="triplet-s0", index=1, seed=0, epochs=12, loss="triplet", miner="semihard",
+                   ceiling=0.5, overrides={"optim": {"lr": 0.0001, "epochs": 12}})
+    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=SIZES[size],
+                        run_before=open_run(run["id"], tab, rows=13))
 
 
 def test_snapshot_run_screen_config(snap_compare, snapshot_runs):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from conftest import tables_settled
 
 from dmltui import runs as run_ops
 from dmltui.listing import duration_seconds, matches, parse_filter, sort_runs
@@ -361,14 +362,26 @@ def test_an_unreadable_store_is_reported_not_fatal(isolated_env):
 # --------------------------------------------------------------------------- snapshots
 
 
+async def runs_shown(pilot):
+    await wait_for(pilot, lambda: pilot.app.screen.table.row_count == 3)
+    await tables_settled(pilot)
+
+
+async def help_shown(pilot):
+    await runs_shown(pilot)
+    await pilot.press("question_mark")
+    await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "HelpScreen")
+    await pilot.pause(0.2)
+
+
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_runs_screen_snapshot(three_runs, snap_compare, size):
-    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=size)
+    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=size, run_before=runs_shown)
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
 def test_help_screen_snapshot(three_runs, snap_compare, size):
-    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=size, press=["question_mark"])
+    assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=size, run_before=help_shown)
 
 
 # --------------------------------------------------------------------------- GPU panel

@@ -14,7 +14,7 @@ from dmltui.store import StoreBusy, StoreError
 app = typer.Typer(
     name="dmltui",
     help="Deep metric learning runs: presets, training, run store. Without a command: the terminal UI.",
-    invoke_without_command=True,
+    no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
 )
@@ -30,7 +30,6 @@ app.command("schema")(schema.schema)
 app.command("compare")(compare.compare)
 app.command("report")(compare.report)
 app.command("tui")(tui.tui)
-app.callback()(tui.root)
 
 
 def _interrupted(signum: int, frame: object) -> None:

@@ -72,16 +72,18 @@ def run_cells(record: dict[str, Any], *, selected: bool = False, now: datetime |
     }
 
 
-# column key -> (header, the run field or metric that sorts it); the most useful first, for 80 columns
+# column key -> (header, the run field or metric that sorts it, fixed width for cells that change while a run lives
+# (re-measuring a column re-lays out the whole table: too costly every second), None: sized to its content);
+# the most useful first, for 80 columns
 RUN_COLUMNS = {
-    "mark": (" ", None),
-    "state": ("state", "state"),
-    "name": ("name", "name"),
-    "epoch": ("epoch", "epoch"),
-    "r_at_1": ("best R@1", "e_recall@1"),
-    "dataset": ("dataset", "dataset"),
-    "method": ("loss/miner", "loss"),
-    "preset": ("preset", "preset"),
-    "started": ("started", "created_at"),
-    "duration": ("time", "duration"),
+    "mark": (" ", None, 1),
+    "state": ("state", "state", 8),
+    "name": ("name", "name", None),
+    "epoch": ("epoch", "epoch", 16),
+    "r_at_1": ("best R@1", "e_recall@1", 8),
+    "dataset": ("dataset", "dataset", None),
+    "method": ("loss/miner", "loss", None),
+    "preset": ("preset", "preset", None),
+    "started": ("started", "created_at", 10),
+    "duration": ("time", "duration", 8),
 }

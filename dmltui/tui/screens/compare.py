@@ -131,7 +131,7 @@ class CompareScreen(Screen):
         yield Static(id="compare-summary")
         with TabbedContent(id="compare-tabs"):
             with TabPane(TABS["runs"], id="runs"):
-                yield DataTable(id="compare-runs", cursor_type="row", zebra_stripes=True)
+                yield DataTable(id="compare-runs", cursor_type="row", zebra_stripes=True, fixed_columns=1)  # labels stay
             with TabPane(TABS["groups"], id="groups"):
                 yield Static(id="groups-note")
                 yield DataTable(id="compare-groups", cursor_type="row", zebra_stripes=True)
@@ -209,16 +209,19 @@ class CompareScreen(Screen):
         cursor = table.cursor_row
         table.clear(columns=True)
         labels = run_labels(self.records)
-        table.add_column("", key="label")
-        for record in self.records:
-            table.add_column(labels[record["id"]], key=record["id"])
-        for row in runs_table(self.records, self.metrics, self.split, lasts_of(self.rows_by_run, self.metrics, self.split)):
+        rows = runs_table(self.records, self.metrics, self.split, lasts_of(self.rows_by_run, self.metrics, self.split))
+        # widths from the content itself, set up front: the table needs no measuring pass before it reads right
+        table.add_column("", key="label", width=max((len(row.label) for row in rows), default=0))
+        for c, record in enumerate(self.records):
+            width = max([len(labels[record["id"]]), *(len(row.cells[c]) for row in rows)])
+            table.add_column(labels[record["id"]], key=record["id"], width=width)
+        for row in rows:
             numeric = row.label == "epoch" or row.label.startswith(("best ", "last "))
             cells = [Text(cell, style="bold" if c in row.bold else "", justify="right" if numeric else "left")
                      for c, cell in enumerate(row.cells)]
             table.add_row(Text(row.label, style="bold"), *cells, key=row.label)
         if table.row_count:
-            table.move_cursor(row=min(cursor, table.row_count - 1), animate=False)
+            table.move_cursor(row=min(cursor, table.row_count - 1), column=0, animate=False)
 
     def _draw_groups(self) -> None:
         table = self.query_one("#compare-groups", DataTable)
@@ -232,7 +235,7 @@ class CompareScreen(Screen):
             table.add_row(*(Text(cell, style="bold" if (r, c) in shown.bold else "",
                                  justify="right" if c >= shown.lead else "left") for c, cell in enumerate(line)))
         if table.row_count:
-            table.move_cursor(row=min(cursor, table.row_count - 1), animate=False)
+            table.move_cursor(row=min(cursor, table.row_count - 1), column=0, animate=False)
         unfinished = sum(r["state"] != "finished" for r in self.records)
         note = f"by [b]{escape(self.group_by)}[/b] (g: next) · mean ± std (ddof=0) of the runs' best values"
         if unfinished:

@@ -67,6 +67,9 @@ def draw_curves(plot: PlotextPlot, curves: dict[str, tuple[list, list]], title: 
     plot.refresh()
 
 
+METRIC_WIDTH = 8  # "123.4567": metric_text's four decimals of a loss in the hundreds
+
+
 class RunScreen(Screen):
     """Opened from the runs screen (enter)."""
 
@@ -227,9 +230,11 @@ class RunScreen(Screen):
                 self.rows = {row["epoch"]: row for row in rows}
             self.columns = update.columns
             table.clear(columns=True)
-            table.add_column(Text("epoch", justify="right"), key="epoch")
+            # fixed widths: a live run's new values never re-measure (and re-lay out) the whole table
+            table.add_column(Text("epoch", justify="right"), key="epoch", width=5)
             for key in self.columns:
-                table.add_column(Text(column_label(key), justify="right"), key=key)
+                label = column_label(key)
+                table.add_column(Text(label, justify="right"), key=key, width=max(len(label), METRIC_WIDTH))
             for row in rows:
                 table.add_row(*row_cells(row, self.columns), key=str(row["epoch"]))
         else:
@@ -239,7 +244,7 @@ class RunScreen(Screen):
                 key = str(row["epoch"])
                 if key in table.rows:
                     for column, cell in zip(["epoch", *self.columns], cells):
-                        table.update_cell(key, column, cell, update_width=True)
+                        table.update_cell(key, column, cell)
                 else:
                     table.add_row(*cells, key=key)  # epochs arrive in order: a new one is the last
         if table.row_count and (at_end or update.rows_reset):

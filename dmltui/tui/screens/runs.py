@@ -50,8 +50,8 @@ class RunsScreen(Screen):
         yield Input(placeholder="/ filter: words, state:running, tag:paper, dataset:cub200, preset:…", id="filter")
         yield Static(id="summary")
         table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        for key, (header, _field) in RUN_COLUMNS.items():
-            table.add_column(header, key=key)
+        for key, (header, _field, width) in RUN_COLUMNS.items():
+            table.add_column(header, key=key, width=width)
         yield table
         yield GpuPanel()
         yield Footer()
@@ -89,7 +89,7 @@ class RunsScreen(Screen):
                     continue
                 for column, value in run_cells(record, selected=record["id"] in self.selected, now=now).items():
                     if str(table.get_cell(record["id"], column)) != str(value):
-                        table.update_cell(record["id"], column, value, update_width=True)
+                        table.update_cell(record["id"], column, value)
         else:
             table.clear()
             for record in records:
@@ -102,7 +102,7 @@ class RunsScreen(Screen):
     def _update_summary(self) -> None:
         records = self.app.monitor.runs()
         live = sum(r["state"] in LIVE for r in records)
-        header, _ = RUN_COLUMNS.get(self.sort_field_column(), (self.sort_field, None))
+        header = RUN_COLUMNS[column][0] if (column := self.sort_field_column()) in RUN_COLUMNS else self.sort_field
         parts = [f"{len(self.shown)} of {len(records)} runs", f"{live} live",
                  f"sort: {header} {'↓' if self.descending else '↑'}"]
         if self.selected:
@@ -112,7 +112,7 @@ class RunsScreen(Screen):
         self.query_one("#summary", Static).update(" · ".join(parts))
 
     def sort_field_column(self) -> str:
-        for key, (_header, field) in RUN_COLUMNS.items():
+        for key, (_header, field, _width) in RUN_COLUMNS.items():
             if field == self.sort_field:
                 return key
         return self.sort_field
@@ -122,7 +122,7 @@ class RunsScreen(Screen):
         now = self.app.now()
         for record in self.shown:
             if record["state"] == "running":
-                self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"], update_width=True)
+                self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"])
 
     def cursor_run_id(self) -> str | None:
         table = self.table
@@ -154,7 +154,7 @@ class RunsScreen(Screen):
         self.redraw(force=True)
 
     def action_sort(self) -> None:
-        choices = [(field, header) for key, (header, field) in RUN_COLUMNS.items() if field]
+        choices = [(field, header) for header, field, _width in RUN_COLUMNS.values() if field]
         fields = {field for field, _ in choices}
         for metric in logged_metrics(self.app.monitor.runs()):
             if metric not in fields:
@@ -176,7 +176,7 @@ class RunsScreen(Screen):
 
     @on(DataTable.HeaderSelected)
     def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
-        _header, field = RUN_COLUMNS[event.column_key.value]
+        _header, field, _width = RUN_COLUMNS[event.column_key.value]
         if field:
             self.sort_by(field)
 
