@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
+from textual.binding import Binding
 
 from dmltui.listing import best_value, duration_seconds, parse_time
 
@@ -87,3 +88,12 @@ RUN_COLUMNS = {
     "started": ("started", "created_at", 10),
     "duration": ("time", "duration", 8),
 }
+
+
+TAB_KEYS = Binding.Group("Tabs", compact=True)  # the footer shows "12345 Tabs" once instead of five hints
+
+
+def tab_bindings(tabs: dict[str, str]) -> list[Binding]:
+    """Keys 1..n show the tabs of a screen; *tabs* maps tab id -> label such as "1 Metrics"."""
+    return [Binding(str(n), f"show_tab('{tab}')", label.split()[1], group=TAB_KEYS, tooltip=f"Show the {label.split()[1]} tab")
+            for n, (tab, label) in enumerate(tabs.items(), start=1)]

@@ -38,10 +38,10 @@ from dmltui.tui.compare_view import (
     runs_table,
     write_export,
 )
+from dmltui.tui.format import tab_bindings
 from dmltui.tui.screens.run import draw_curves
 
 TABS = {"runs": "1 Runs", "groups": "2 Groups", "curves": "3 Curves"}
-TAB_KEYS = Binding.Group("Tabs", compact=True)
 RUN_COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "red", "white"]  # ANSI names: fine in 16 colours
 
 
@@ -107,8 +107,7 @@ class CompareScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "back", "Back", tooltip="Back to the runs"),
-        *(Binding(str(n), f"show_tab('{tab}')", label.split()[1], group=TAB_KEYS, tooltip=f"Show the {label.split()[1]} tab")
-          for n, (tab, label) in enumerate(TABS.items(), start=1)),
+        *tab_bindings(TABS),
         Binding("g", "next_group", "Group by", tooltip="Groups: group by the next key (preset, name, a differing config key)"),
         Binding("m", "next_metric", "Metric", tooltip="Curves: show the next metric"),
         Binding("e", "export", "Export", tooltip="Write the runs (or groups) table to a CSV, Markdown or LaTeX file"),

@@ -21,6 +21,7 @@ from textual_plotext import PlotextPlot
 from dmltui import runs as run_ops
 from dmltui.compare import metric_label
 from dmltui.listing import LIVE_STATES
+from dmltui.tui.format import tab_bindings
 from dmltui.tui.run_view import (
     LOG_LINES,
     LOSS_KEY,
@@ -43,7 +44,6 @@ from dmltui.tui.screens.dialogs import ConfirmScreen
 
 RUN_POLL_SECONDS = 0.5
 TABS = {"metrics": "1 Metrics", "curves": "2 Curves", "log": "3 Log", "config": "4 Config", "checkpoints": "5 Checkpoints"}
-TAB_KEYS = Binding.Group("Tabs", compact=True)
 # ANSI colour names: the same meaning in 16 colours
 SPLIT_COLOURS = {"val": "magenta", "test": "cyan", "train": "green"}
 LOSS_COLOUR = "yellow"
@@ -75,8 +75,7 @@ class RunScreen(Screen):
 
     BINDINGS = [
         Binding("escape", "back", "Back", tooltip="Back to the runs"),
-        *(Binding(str(n), f"show_tab('{tab}')", label.split()[1], group=TAB_KEYS, tooltip=f"Show the {label.split()[1]} tab")
-          for n, (tab, label) in enumerate(TABS.items(), start=1)),
+        *tab_bindings(TABS),
         Binding("m", "next_metric", "Metric", tooltip="Curves: show the next metric"),
         Binding("x", "stop", "Stop", tooltip="Stop the run: SIGTERM, the engine checkpoints, SIGKILL after 30 s"),
         Binding("r", "resume", "Resume", tooltip="Resume a stopped, crashed or failed run from its checkpoint"),
