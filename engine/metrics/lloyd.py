@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.metrics.neighbours import DEFAULT_BLOCK_ELEMENTS, segment_topk, segment_width
+from engine.metrics.neighbours import DEFAULT_BLOCK_ELEMENTS, segment_width, smallest
 
 DEFAULT_ITERATIONS = 20
 
@@ -138,12 +138,7 @@ class _Candidates:
             padded = torch.addmm(c_sq.unsqueeze(0).expand(xb.shape[0], -1), xb, centroids.T, alpha=-2.0,
                                  out=buffer[: xb.shape[0]])
             d = padded[:, :k]
-            if segment:
-                vals, ids, redo = segment_topk(padded, take, segment)
-                if redo.numel():
-                    vals[redo], ids[redo] = torch.topk(d[redo], take, dim=1, largest=False, sorted=True)
-            else:
-                vals, ids = torch.topk(d, take, dim=1, largest=False, sorted=True)
+            vals, ids = smallest(padded, k, take, segment)
             vals, ids, bound = _split(vals, ids, self.t)
             tied = vals[:, 0] == bound  # more equal minima than the list holds: take the lowest ids
             if bool(tied.any()):
@@ -337,16 +332,7 @@ def kmeans(
 
     x_sq = (x * x).sum(dim=1)
     for _ in range(iterations):
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-        sums.index_add_(0, ids, x.to(torch.float64))
-        sizes = torch.bincount(ids, minlength=k)
-        empty = torch.nonzero(sizes == 0).flatten()
-        new = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
-        new[empty] = centroids[empty]
-        if empty.numel():
-            dist = (best + x_sq).clamp_min(0.0)
-            order = torch.sort(dist, descending=True, stable=True).indices
-            new[empty] = x[order[: empty.numel()]]
+        new = _update(x, ids, k, (best + x_sq).clamp_min(0.0))
         moved = torch.nonzero((new != centroids).any(dim=1)).flatten()
         centroids = new
         if moved.numel() == 0:
@@ -358,6 +344,20 @@ def kmeans(
             lists.moved(x, centroids, moved, chunk)
         ids, best = lists.ids[:, 0], lists.dist[:, 0]
     return centroids, ids.clone()
+
+
+def _update(x: torch.Tensor, ids: torch.Tensor, k: int, squared_distances: torch.Tensor) -> torch.Tensor:
+    """One Lloyd update: each cluster's mean (accumulated in float64); an empty cluster takes the point farthest
+    from its centroid (*squared_distances*), the farthest first, ties by the lower index."""
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
+    sums.index_add_(0, ids, x.to(torch.float64))
+    sizes = torch.bincount(ids, minlength=k)
+    empty = torch.nonzero(sizes == 0).flatten()
+    new = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
+    if empty.numel():
+        order = torch.sort(squared_distances, descending=True, stable=True).indices
+        new[empty] = x[order[: empty.numel()]]
+    return new
 
 
 def _resort(vals: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,14 +380,7 @@ def _plain_kmeans(
         centroids = x[_plus_plus(x, k, generator).to(x.device)].clone()
     ids, dist = assign(x, centroids, chunk_size=chunk_size)
     for _ in range(iterations):
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-        sums.index_add_(0, ids, x.to(torch.float64))
-        sizes = torch.bincount(ids, minlength=k)
-        empty = torch.nonzero(sizes == 0).flatten()
-        new = (sums / sizes.clamp_min(1).unsqueeze(1).to(torch.float64)).to(x.dtype)
-        if empty.numel():
-            order = torch.sort(dist, descending=True, stable=True).indices
-            new[empty] = x[order[: empty.numel()]]
+        new = _update(x, ids, k, dist)
         if torch.equal(new, centroids):
             break  # converged: the centroids did not move
         centroids = new

@@ -149,12 +149,7 @@ def search_blocks(
         if width > n_g:
             full[:, n_g:] = float("inf")
         dist = full[:, :n_g]
-        if segment:
-            values, idx, redo = segment_topk(full, take, segment)
-            if redo.numel():
-                values[redo], idx[redo] = torch.topk(dist[redo], take, dim=1, largest=False, sorted=True)
-        else:
-            values, idx = torch.topk(dist, take, dim=1, largest=False, sorted=True)
+        values, idx = smallest(full, n_g, take, segment)
         if take > k:
             tied = values[:, k - 1] == values[:, k]
             out = _sorted_by_value_then_index(values[:, :k], idx[:, :k])
@@ -185,6 +180,19 @@ def segment_topk(full: torch.Tensor, take: int, segment: int) -> tuple[torch.Ten
     cols = (seg.unsqueeze(2) * segment + torch.arange(segment, device=full.device)).flatten(1)
     values, pos = torch.topk(full.gather(1, cols), take, dim=1, largest=False, sorted=True)
     return values, cols.gather(1, pos), redo
+
+
+def smallest(full: torch.Tensor, width: int, take: int, segment: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The *take* smallest of the first *width* columns of each row, ascending: (values, column indices).
+
+    With a *segment*, through :func:`segment_topk` (*full* padded to a multiple of it), whole-row top-k
+    for the rows it cannot serve; without, a whole-row top-k."""
+    if not segment:
+        return torch.topk(full[:, :width], take, dim=1, largest=False, sorted=True)
+    values, idx, redo = segment_topk(full, take, segment)
+    if redo.numel():
+        values[redo], idx[redo] = torch.topk(full[redo, :width], take, dim=1, largest=False, sorted=True)
+    return values, idx
 
 
 def knn_blocks(
