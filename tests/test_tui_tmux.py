@@ -61,7 +61,8 @@ def test_launch_a_run_from_the_form_and_watch_it_in_tmux(isolated_env):
         screen = tmux.wait_for(r"finished\s+quickstart-s0\s+2/2", 180)
         assert re.search(r"quickstart-s0\s+2/2 ▰+\s+0\.\d{4}", screen), screen  # a best R@1 is shown
         tmux.keys("Enter")  # the run screen: one metric row per epoch
-        screen = tmux.wait_for(r"finished · epoch 2/2", 10)
+        tmux.wait_for(r"finished · epoch 2/2", 10)
+        screen = tmux.wait_for(r"\n\s+2\s+\d\.\d{4}\s", 10)  # the metric rows are read in a worker, just after
         rows = [line.split() for line in screen.splitlines() if re.match(r"\s+[0-2]\s+(-|\d\.\d{4})\s", line)]
         assert [row[0] for row in rows] == ["0", "1", "2"], screen
         tmux.keys("Escape", pause=0.5)
