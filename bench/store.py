@@ -60,7 +60,7 @@ def main() -> None:
         updates = []
         for i in range(11):
             started = time.perf_counter()
-            store.update(f"20261129-000000-{i:04x}", {"notes": f"note {i}"})
+            store.modify(f"20261129-000000-{i:04x}", lambda record, i=i: record.update(notes=f"note {i}"))
             updates.append((time.perf_counter() - started) * 1000)
         size_mb = path.stat().st_size / 2**20
         script = Path(sys.executable).with_name("dmltui")

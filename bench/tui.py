@@ -44,7 +44,7 @@ def populate(home: Path, runs: int, live: int) -> list[subprocess.Popen]:
                  for _ in range(live)]
     records += [fake_run(home, name=f"live-{i}", index=runs + i, state="running", epochs=30, epoch=2, pid=p.pid, save=False)
                 for i, p in enumerate(processes)]
-    store.put_many(records)
+    store.insert(*records)
     return processes
 
 

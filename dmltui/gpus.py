@@ -54,12 +54,32 @@ def gpus() -> list[GpuInfo]:
         pynvml.nvmlShutdown()
 
 
-def leasable_indices() -> list[int]:
-    """GPU indices the manager may hand out: ``$DMLTUI_GPUS`` (e.g. "0,2"; "" for none) or every GPU."""
+def _allowed() -> list[int] | None:
+    """``$DMLTUI_GPUS`` as indices (e.g. "0,2"; "" for none), or None when it is not set."""
     configured = os.environ.get("DMLTUI_GPUS")
-    if configured is not None:
-        return parse_gpu_list(configured) if configured.strip() else []
-    return [info.index for info in gpus()]
+    if configured is None:
+        return None
+    return parse_gpu_list(configured) if configured.strip() else []
+
+
+def leasable_indices() -> list[int]:
+    """GPU indices the manager may hand out: the GPUs this machine has, within ``$DMLTUI_GPUS`` when it is set."""
+    existing = [info.index for info in gpus()]
+    allowed = _allowed()
+    return existing if allowed is None else [index for index in existing if index in allowed]
+
+
+def visible_gpus_text() -> str:
+    """What the manager may use, for error messages: 'this machine has GPUs 0, 1' or '... has no GPUs'."""
+    existing = [info.index for info in gpus()]
+    if not existing:
+        return "this machine has no GPUs (NVML finds none)"
+    text = f"this machine has GPU{'s' if len(existing) > 1 else ''} {', '.join(map(str, existing))}"
+    allowed = _allowed()
+    if allowed is not None:
+        usable = [index for index in existing if index in allowed]
+        text += f", of which $DMLTUI_GPUS={os.environ['DMLTUI_GPUS']!r} allows {', '.join(map(str, usable)) or 'none'}"
+    return text
 
 
 def parse_gpu_list(text: str) -> list[int]:
@@ -70,6 +90,30 @@ def parse_gpu_list(text: str) -> list[int]:
     if any(i < 0 for i in indices) or len(set(indices)) != len(indices):
         raise ValueError(f"GPU list {text!r}: indices must be distinct and >= 0")
     return indices
+
+
+def resolve_request(text: str | None, *, per_run: int = 1) -> str:
+    """The ``--gpus`` request checked against this machine: 'auto', 'cpu' or indices such as '0,1'.
+
+    None (not given) is 'auto' on a machine with GPUs and 'cpu' on one without. An explicit request that this
+    machine cannot serve is a ValueError naming the GPUs it has: a typo must not mean days of CPU training."""
+    text = None if text is None else text.strip()
+    if text == "cpu":
+        return "cpu"
+    available = leasable_indices()
+    if text is None:
+        return "auto" if available else "cpu"
+    if text == "auto":
+        if not available:
+            raise ValueError(f"--gpus auto: {visible_gpus_text()}; use --gpus cpu to train on the CPU")
+        if per_run > len(available):
+            raise ValueError(f"--gpus-per-run {per_run}: {visible_gpus_text()}")
+        return "auto"
+    missing = [index for index in parse_gpu_list(text) if index not in available]
+    if missing:
+        raise ValueError(f"--gpus {text}: no GPU {', '.join(map(str, missing))} here: {visible_gpus_text()}"
+                         + ("" if available else "; use --gpus cpu to train on the CPU"))
+    return text
 
 
 def _lock_path(index: int) -> Path:

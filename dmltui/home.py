@@ -17,6 +17,10 @@ from pathlib import Path
 import platformdirs
 
 
+class SettingError(ValueError):
+    """An environment setting of dmltui's with a value it cannot use."""
+
+
 def home() -> Path:
     configured = os.environ.get("DMLTUI_HOME")
     return Path(configured).expanduser() if configured else Path(platformdirs.user_data_dir("dmltui"))
@@ -24,6 +28,15 @@ def home() -> Path:
 
 def store_path() -> Path:
     return home() / "runs.json"
+
+
+def store_timeout() -> float:
+    """Seconds a command waits for the store's lock before it gives up with exit code 4 (``$DMLTUI_STORE_TIMEOUT``)."""
+    configured = os.environ.get("DMLTUI_STORE_TIMEOUT", "").strip()
+    try:
+        return float(configured) if configured else 10.0
+    except ValueError:
+        raise SettingError(f"DMLTUI_STORE_TIMEOUT={configured!r}: expected seconds, e.g. 10") from None
 
 
 def runs_dir() -> Path:

@@ -8,32 +8,25 @@ from typing import Any
 
 from dmltui import home
 from dmltui import runs as run_ops
-from engine.config.presets import ResolvedConfig, resolve
+from engine.config.presets import ConfigError, ResolvedConfig, resolve
 
 
 def parse_seeds(text: str) -> list[int]:
     """'0-4' -> [0..4]; '0,3,7' -> [0, 3, 7]; '2' -> [2]. ValueError names the text and the accepted forms."""
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            first, sep, last = part.strip().partition("-")
-            seeds += list(range(int(first), int(last) + 1)) if sep else [int(first)]
-    except ValueError:
-        raise ValueError(f"{text!r}: expected seeds like 0-4 or 0,3,7") from None
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            low = int(first)
+            high = int(last) if sep else low
+        except ValueError:
+            raise ValueError(f"{text!r}: expected seeds like 0-4 or 0,3,7") from None
+        if high < low:
+            raise ValueError(f"{text!r}: a range of seeds goes up, e.g. {high}-{low}")
+        seeds += range(low, high + 1)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{text!r}: seeds must be distinct")
     return seeds
-
-
-def check_gpus(text: str) -> str:
-    """'auto', 'cpu' or a list of GPU indices such as '0,1'; ValueError otherwise."""
-    text = text.strip()
-    if text in ("auto", "cpu"):
-        return text
-    from dmltui.gpus import parse_gpu_list
-
-    parse_gpu_list(text)
-    return text
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -62,10 +55,16 @@ class PlannedRun:
 
 
 def plan_runs(presets: list[str], overrides: list[str], *, seeds: str | None = None, name: str | None = None,
-              grid: list[str] | None = None) -> tuple[list[PlannedRun], list[str]]:
-    """Resolve every run (grid product x seeds) before anything starts; returns the runs and the config warnings.
+              grid: list[str] | None = None, tags: list[str] = ()) -> tuple[list[PlannedRun], list[str]]:
+    """Resolve and check every run (grid product x seeds) before anything starts; returns the runs and the config
+    warnings.
 
-    Raises ConfigError/PresetNotFound (one line per problem) or ValueError (seeds, grid)."""
+    Raises ConfigError/PresetNotFound (one line per problem: the config, and what can be checked before training,
+    such as the dataset's folder) or ValueError (seeds, grid, name, tags)."""
+    for tag in tags:
+        run_ops.check_tag(tag)
+    if name is not None:
+        run_ops.check_name(name)
     library = home.preset_library()
     axes = parse_grid(grid or [])
     combos = [dict(zip([k for k, _ in axes], values, strict=True)) for values in itertools.product(*[v for _, v in axes])]
@@ -81,18 +80,41 @@ def plan_runs(presets: list[str], overrides: list[str], *, seeds: str | None = N
             stem = f"{name or presets[-1]}-" + "-".join(combo.values())
         for seed in seed_list:
             resolved = resolve(presets, [*extra, f"run.seed={seed}"], library=library)
-            planned.append(PlannedRun(resolved, f"{stem}-s{seed}", combo))
+            planned.append(PlannedRun(resolved, run_ops.check_name(f"{stem}-s{seed}"), combo))
+    problems = before_training_problems(planned)
+    if problems:
+        raise ConfigError(problems)
     return planned, warnings
 
 
-def start_runs(planned: list[PlannedRun], *, gpus: str = "auto", tags: list[str] = (), gpus_per_run: int = 1) -> list[dict[str, Any]]:
-    """Prepare each run's directory and store record, then start it detached; returns the reconciled records."""
-    records = []
+def before_training_problems(planned: list[PlannedRun]) -> list[str]:
+    """The engine's checks of what can fail before training (dataset layout, weights file, writable run folder),
+    each distinct problem once. The device is checked against ``--gpus`` by :func:`device_problems`."""
+    from engine.preflight import problems
+
+    found: list[str] = []
     for run in planned:
-        record = run_ops.prepare_run(run.resolved, name=run.name)
-        run_tags = [*tags, *(["sweep"] if run.grid and "sweep" not in tags else [])]
-        if run_tags:
-            record = run_ops.annotate(record, add_tags=run_tags)
-        run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run)
-        records.append(run_ops.reconcile(record["id"]))
-    return records
+        found += [p for p in problems(run.resolved.config, home.runs_dir() / "new-run", check_device=False) if p not in found]
+    return found
+
+
+def device_problems(planned: list[PlannedRun], gpus: str) -> list[str]:
+    """A config that needs CUDA launched on the CPU (``--gpus cpu``, or a machine without GPUs)."""
+    if gpus != "cpu":
+        return []
+    wanting = sorted({run.name for run in planned if run.resolved.config.run.device == "cuda"})
+    if not wanting:
+        return []
+    return [f"run.device = 'cuda' in {', '.join(wanting[:3])}{' …' if len(wanting) > 3 else ''}, but the runs would "
+            "train on the CPU (--gpus cpu, or this machine has no GPUs): set run.device='auto' or 'cpu', or give GPUs"]
+
+
+def start_runs(planned: list[PlannedRun], *, gpus: str = "cpu", tags: list[str] = (), gpus_per_run: int = 1) -> list[dict[str, Any]]:
+    """Prepare every run's directory and record them all in one store write, then start each detached; returns
+    their records. *gpus* is what :func:`resolve_gpus` returned; ConfigError when it cannot serve the configs."""
+    problems = device_problems(planned, gpus)
+    if problems:
+        raise ConfigError(problems)
+    sweep_tag = ["sweep"] if any(run.grid for run in planned) and "sweep" not in tags else []
+    records = run_ops.prepare_runs([(run.resolved, run.name) for run in planned], tags=[*tags, *sweep_tag])
+    return [run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run) for record in records]

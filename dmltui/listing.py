@@ -14,12 +14,9 @@ LIVE_STATES = ("queued", "running")
 
 def refreshed_runs(store: RunStore | None = None) -> list[dict[str, Any]]:
     """Every stored run, live ones reconciled with their run directories, newest first."""
-    store = store or run_ops.open_store()
-    records = store.all()
-    live = [r["id"] for r in records if r["state"] in LIVE_STATES]  # only live runs can have changed
-    if live:
-        updated = {r["id"]: r for r in run_ops.reconcile_many(live, store, records)}
-        records = [updated.get(r["id"], r) for r in records]
+    with (store or run_ops.open_store()).transaction() as tx:  # one lock: one read, and one write when a live run changed
+        records = [tx.modify(r["id"], run_ops.refresh) if r["state"] in LIVE_STATES else r  # only live runs can change
+                   for r in tx.all()]
     return sorted(records, key=lambda r: r["created_at"], reverse=True)
 
 

@@ -13,7 +13,6 @@ notices when the file was replaced (a resumed run rewrites metrics.jsonl).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 from dmltui import runs as run_ops
 from dmltui.listing import LIVE_STATES
 from dmltui.store import RunStore
+from engine.io import parse_json_object
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -51,7 +51,7 @@ class RunsMonitor:
             self.records = {r["id"]: r for r in self.store.all()} if signature else {}
             self._store_signature = _signature(self.store.path)
             changed = True
-        updates = {}
+        candidates = []
         for run_id, record in self.records.items():
             if record["state"] not in LIVE_STATES:
                 continue
@@ -61,15 +61,17 @@ class RunsMonitor:
             if signature == self._run_signatures.get(run_id) and (not pid or run_ops.pid_alive(pid)):
                 continue
             self._run_signatures[run_id] = signature
-            summary = run_ops.summarize(run_dir) if run_dir.is_dir() else {
-                "state": "crashed", "error": f"run directory {run_dir} is gone"}
-            if any(record.get(key) != summary.get(key) for key in summary):
-                updates[run_id] = summary
-        if updates:
-            for record in self.store.update_many(updates):
+            candidates.append(run_id)
+        if candidates:  # re-summarised inside the store's transaction, which writes only what changed
+            with self.store.transaction() as tx:
+                others_wrote = _signature(self.store.path) != self._store_signature
+                known = set(tx.ids())
+                updated = [tx.modify(run_id, run_ops.refresh) for run_id in candidates if run_id in known]
+            for record in updated:
+                changed = changed or record != self.records.get(record["id"])
                 self.records[record["id"]] = record
-            self._store_signature = _signature(self.store.path)  # our own write: nothing new to read
-            changed = True
+            # After only our own write there is nothing new to read; after another process's, the next poll reads it.
+            self._store_signature = None if others_wrote else _signature(self.store.path)
         return changed
 
     def runs(self) -> list[dict[str, Any]]:
@@ -126,7 +128,7 @@ class FileTail:
 
 
 def metrics_tail(run_dir: str | os.PathLike) -> FileTail:
-    return FileTail(Path(run_dir) / "metrics.jsonl", parse=json.loads)
+    return FileTail(Path(run_dir) / "metrics.jsonl", parse=parse_json_object)
 
 
 def log_tail(run_dir: str | os.PathLike, name: str = "train.log") -> FileTail:

@@ -1,10 +1,14 @@
-"""Run lifecycle operations shared by the CLI and (later) the TUI.
+"""Run lifecycle operations shared by the CLI, the TUI and scripts.
 
 A run is prepared (run directory with config.toml and a ``queued`` status, then a
 store document), launched as ``python -m engine --run-dir DIR`` (an argument list,
 never a shell string), and reconciled: its state is derived from status.json, the
 liveness of its pid and the age of its heartbeat, and its summary (state, epoch,
 best metrics) is written back to the store.
+
+Every change to the store here is one ``RunStore.transaction()``, and every change of a
+stored run is computed inside it from the record it replaces (``Transaction.modify``):
+concurrent commands, the TUI and scripts never overwrite each other's changes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmltui import home
-from dmltui.store import RunStore
+from dmltui.gpus import resolve_request
+from dmltui.store import RunStore, Transaction
 from engine.io import atomic_write_json
 from engine.rundir import FINAL_STATES, RunDir, best_metrics, now_iso
 
@@ -44,21 +49,40 @@ def new_run_id(now: datetime | None = None) -> str:
 
 
 def open_store() -> RunStore:
-    return RunStore(home.store_path())
+    return RunStore(home.store_path(), timeout=home.store_timeout())
 
 
-def prepare_run(resolved: ResolvedConfig, *, name: str | None = None, store: RunStore | None = None,
-                runs_root: Path | None = None) -> dict[str, Any]:
-    """Create the run directory (complete or not at all) and record the run as ``queued``."""
-    store = store or open_store()
-    runs_root = runs_root or home.runs_dir()
-    runs_root.mkdir(parents=True, exist_ok=True)
+TAG_MAX = 64
+NAME_MAX = 128
+
+
+def check_tag(tag: str) -> str:
+    """A tag is one word of at most 64 characters: no spaces (filters split on them), commas (lists join with them)
+    or control characters; any script is fine. ValueError names the tag otherwise."""
+    if not tag or len(tag) > TAG_MAX or any(c.isspace() or c == "," or not c.isprintable() for c in tag):
+        raise ValueError(f"tag {_shown(tag)}: a tag is 1-{TAG_MAX} characters without spaces, commas or control characters")
+    return tag
+
+
+def check_name(name: str) -> str:
+    """A run name is 1-128 printable characters (spaces and any script allowed), not blank."""
+    if not name.strip() or len(name) > NAME_MAX or not name.isprintable():
+        raise ValueError(f"run name {_shown(name)}: a name is 1-{NAME_MAX} printable characters, not blank")
+    return name
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else f"{text[:40]}…") + (f" ({len(text)} characters)" if len(text) > 40 else "")
+
+
+def _make_run_dir(resolved: ResolvedConfig, name: str | None, tags: list[str], runs_root: Path) -> dict[str, Any]:
+    """Create one run directory (complete or not at all); returns its store record."""
     run_id = new_run_id()
     config = resolved.config
     staging = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=runs_root))
     final = runs_root / run_id
     manager = {"id": run_id, "name": name or f"{resolved.preset or 'custom'}-s{config.run.seed}", "preset": resolved.preset,
-               "presets": resolved.chain, "tags": [], "notes": "", "created_at": now_iso()}
+               "presets": resolved.chain, "tags": list(tags), "notes": "", "created_at": now_iso()}
     try:
         run_dir = RunDir(staging)
         run_dir.write_config(resolved.to_toml())
@@ -69,7 +93,7 @@ def prepare_run(resolved: ResolvedConfig, *, name: str | None = None, store: Run
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    record = {
+    return {
         **manager,
         "config": config.to_dict(),
         "dataset": config.data.dataset,
@@ -86,12 +110,36 @@ def prepare_run(resolved: ResolvedConfig, *, name: str | None = None, store: Run
         "host": socket.gethostname(),
         "pid": None,
     }
+
+
+def prepare_runs(runs: list[tuple[ResolvedConfig, str | None]], *, tags: list[str] = (), store: RunStore | None = None,
+                 runs_root: Path | None = None) -> list[dict[str, Any]]:
+    """Create the runs' directories and record them as ``queued`` in one store write. All or nothing: a failure
+    (a full disk, a busy store) removes the directories already made."""
+    for tag in tags:
+        check_tag(tag)
+    for _, name in runs:
+        if name is not None:
+            check_name(name)
+    store = store or open_store()
+    runs_root = runs_root or home.runs_dir()
+    runs_root.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
     try:
-        store.put(record)
+        for resolved, name in runs:
+            records.append(_make_run_dir(resolved, name, list(tags), runs_root))
+        store.insert(*records)
     except BaseException:
-        shutil.rmtree(final, ignore_errors=True)  # no run directory without its store record
+        for record in records:  # no run directory without its store record
+            shutil.rmtree(record["run_dir"], ignore_errors=True)
         raise
-    return record
+    return records
+
+
+def prepare_run(resolved: ResolvedConfig, *, name: str | None = None, tags: list[str] = (), store: RunStore | None = None,
+                runs_root: Path | None = None) -> dict[str, Any]:
+    """One run of :func:`prepare_runs`."""
+    return prepare_runs([(resolved, name)], tags=tags, store=store, runs_root=runs_root)[0]
 
 
 def engine_command(run_dir: str | os.PathLike) -> list[str]:
@@ -165,30 +213,65 @@ def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def refresh(record: dict[str, Any]) -> dict[str, Any]:
+    """*record* with its summary re-read from its run directory (a change function for ``Transaction.modify``).
+    A live run whose directory is gone is ``crashed``; an ended one keeps what the store knew."""
+    run_dir = Path(record["run_dir"])
+    if run_dir.is_dir():
+        record.update(summarize(run_dir))
+    elif record.get("state") not in FINAL_STATES:
+        record.update(state="crashed", error=f"run directory {run_dir} is gone")
+    return record
+
+
 def reconcile(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
-    store = store or open_store()
-    record = store.get(run_id)
-    if record is None:
-        raise KeyError(run_id)
-    return store.update(run_id, summarize(record["run_dir"]))
+    """The stored run refreshed from its run directory (written back only when it changed); KeyError when unknown."""
+    return (store or open_store()).modify(run_id, refresh)
 
 
-def reconcile_many(run_ids: list[str], store: RunStore | None = None,
-                   records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Reconcile several runs with one store write (the runs list refreshes all live runs at once);
-    *records* are the stored runs when the caller has just read them."""
-    store = store or open_store()
-    records = {r["id"]: r for r in (records if records is not None else store.all())}
-    changes = {}
-    for run_id in run_ids:
-        if run_id not in records:
-            continue
-        run_dir = records[run_id]["run_dir"]
-        if Path(run_dir).is_dir():
-            changes[run_id] = summarize(run_dir)
-        else:
-            changes[run_id] = {"state": "crashed", "error": f"run directory {run_dir} is gone"}
-    return store.update_many(changes) if changes else []
+def reconcile_many(run_ids: list[str], store: RunStore | None = None) -> list[dict[str, Any]]:
+    """Reconcile several runs in one transaction (one write at most); unknown ids are skipped."""
+    with (store or open_store()).transaction() as tx:
+        known = set(tx.ids())
+        return [tx.modify(run_id, refresh) for run_id in run_ids if run_id in known]
+
+
+class RunNotFound(KeyError):
+    """No stored run has this id, and none starts with it."""
+
+    def __str__(self) -> str:
+        return f"no run with id {self.args[0]!r} (and no id starts with it)"
+
+
+class AmbiguousRunId(KeyError):
+    """Several stored runs start with this prefix."""
+
+    def __init__(self, prefix: str, matches: list[str]):
+        super().__init__(prefix, matches)
+        self.prefix, self.matches = prefix, sorted(matches)
+
+    def __str__(self) -> str:
+        shown = ", ".join(self.matches[:10]) + (f" and {len(self.matches) - 10} more" if len(self.matches) > 10 else "")
+        return f"{self.prefix!r} is the start of {len(self.matches)} run ids: {shown}; give more of the id"
+
+
+def resolve_id(tx: Transaction, run_id: str) -> str:
+    """The stored id that *run_id* is, or uniquely starts; RunNotFound or AmbiguousRunId otherwise."""
+    ids = tx.ids()
+    if run_id in ids:
+        return run_id
+    matches = [i for i in ids if i.startswith(run_id)]
+    if not matches:
+        raise RunNotFound(run_id)
+    if len(matches) > 1:
+        raise AmbiguousRunId(run_id, matches)
+    return matches[0]
+
+
+def find(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
+    """The stored run with this id (or unique id prefix), reconciled; RunNotFound or AmbiguousRunId (KeyErrors) otherwise."""
+    with (store or open_store()).transaction() as tx:
+        return tx.modify(resolve_id(tx, run_id), refresh)
 
 
 # --------------------------------------------------------------------------- launching
@@ -198,8 +281,9 @@ class RunError(RuntimeError):
     """An operation that does not apply to the run in its current state."""
 
 
-def launch_detached(record: dict[str, Any], *, gpus: str = "auto", count: int = 1, resume: bool = False) -> int:
-    """Start the run's launcher in a new session (it survives this process and SIGHUP); returns its pid."""
+def launch_detached(record: dict[str, Any], *, gpus: str = "cpu", count: int = 1, resume: bool = False) -> dict[str, Any]:
+    """Start the run's launcher in a new session (it survives this process and SIGHUP); returns the record with
+    its summary from the run directory (the store catches up at the next reconcile: a launch is one store write)."""
     run_dir = Path(record["run_dir"])
     command = [sys.executable, "-m", "dmltui.worker", "--run-dir", str(run_dir), "--gpus", gpus, "--count", str(count)]
     if resume:
@@ -207,21 +291,9 @@ def launch_detached(record: dict[str, Any], *, gpus: str = "auto", count: int = 
     with open(run_dir / "output.log", "ab") as output:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True)
-    # status.json is the launcher's and the engine's to write (same pid: the launcher execs the engine)
-    open_store().update(record["id"], {"pid": process.pid})
-    return process.pid
-
-
-def find(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
-    """The stored run with this id (or unique id prefix), reconciled; KeyError when none matches."""
-    store = store or open_store()
-    record = store.get(run_id)
-    if record is None:
-        matches = [r for r in store.all() if r["id"].startswith(run_id)]
-        if len(matches) != 1:
-            raise KeyError(run_id)
-        record = matches[0]
-    return reconcile(record["id"], store)
+    # The launcher writes the same pid when it starts; written here too, a launcher that dies on start reads as crashed.
+    RunDir(run_dir).update_status(pid=process.pid)
+    return {**record, **summarize(run_dir)}
 
 
 def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
@@ -256,51 +328,74 @@ def _signal_group(pid: int, signum: int) -> None:
             pass
 
 
-def resume(record: dict[str, Any], *, gpus: str = "auto", count: int = 1) -> dict[str, Any]:
-    if record["state"] not in RESUMABLE_STATES:
-        raise RunError(f"run {record['id']} is {record['state']}; resumable states: {', '.join(RESUMABLE_STATES)}")
-    rd = RunDir(record["run_dir"])
-    if not (rd.checkpoints / "last.pt").is_file():
-        raise RunError(f"run {record['id']} has no checkpoint to resume from ({rd.checkpoints / 'last.pt'})")
-    rd.update_status(state="queued", pid=None, ended_at=None, error=None)
-    open_store().update(record["id"], {"state": "queued"})
-    launch_detached(record, gpus=gpus, count=count, resume=True)
-    return reconcile(record["id"])
+def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -> dict[str, Any]:
+    """Continue a run from its last checkpoint (detached) on *gpus* (``gpus.resolve_request``'s default when None).
+    Its state is checked and the launcher started in one store transaction, so two resumes of one run at once
+    start it once."""
+    gpus = resolve_request(gpus, per_run=count)
+    with open_store().transaction() as tx:
+        current = tx.modify(resolve_id(tx, record["id"]), refresh)
+        if current["state"] not in RESUMABLE_STATES:
+            raise RunError(f"run {current['id']} is {current['state']}; resumable states: {', '.join(RESUMABLE_STATES)}")
+        rd = RunDir(current["run_dir"])
+        if not (rd.checkpoints / "last.pt").is_file():
+            raise RunError(f"run {current['id']} has no checkpoint to resume from ({rd.checkpoints / 'last.pt'})")
+        rd.update_status(state="queued", pid=None, ended_at=None, error=None)
+        launch_detached(current, gpus=gpus, count=count, resume=True)
+        return tx.modify(current["id"], refresh)
 
 
-def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str = "auto") -> dict[str, Any]:
-    """Start a new run with the same resolved config (detached); returns its reconciled record."""
+def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None = None) -> dict[str, Any]:
+    """Start a new run with the same resolved config (detached) on *gpus* (as for resume); returns its record."""
+    gpus = resolve_request(gpus)
     from engine.config.presets import ResolvedConfig
     from engine.config.schema import Config
 
     resolved = ResolvedConfig(config=Config.model_validate(record["config"]), chain=record.get("presets", []), sources={},
                               preset=record.get("preset"))
-    new = prepare_run(resolved, name=name or record["name"])
-    launch_detached(new, gpus=gpus)
-    return reconcile(new["id"])
+    return launch_detached(prepare_run(resolved, name=name or record["name"]), gpus=gpus)
 
 
 def remove(record: dict[str, Any], *, keep_files: bool = False) -> None:
-    if record["state"] in ("queued", "running"):
-        raise RunError(f"run {record['id']} is {record['state']}; stop it first")
-    if not keep_files:
-        shutil.rmtree(record["run_dir"], ignore_errors=True)
-    open_store().remove(record["id"])
+    """Forget a run that is not live and, unless *keep_files*, delete its directory; decided under the store's lock."""
+    with open_store().transaction() as tx:
+        current = tx.modify(resolve_id(tx, record["id"]), refresh)
+        if current["state"] in ("queued", "running"):
+            raise RunError(f"run {current['id']} is {current['state']}; stop it first")
+        tx.remove(current["id"])
+        if not keep_files:
+            tx.after_commit(lambda: shutil.rmtree(current["run_dir"], ignore_errors=True))
+
+
+def write_manager(record: dict[str, Any]) -> None:
+    """Mirror the store's tags and notes into the run dir's manager.json (what `db rebuild` reads them from)."""
+    path = Path(record["run_dir"]) / MANAGER_FILE
+    if not path.parent.is_dir():
+        return
+    try:
+        manager = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        manager = {key: record.get(key) for key in ("id", "name", "preset", "presets", "created_at")}
+    atomic_write_json(path, {**manager, "tags": record.get("tags", []), "notes": record.get("notes", "")})
 
 
 def annotate(record: dict[str, Any], *, add_tags: list[str] = (), remove_tags: list[str] = (),
              notes: str | None = None) -> dict[str, Any]:
-    """Change tags/notes in the store and in the run dir's manager.json (so `db rebuild` keeps them)."""
-    tags = [t for t in record.get("tags", []) if t not in remove_tags]
-    tags += [t for t in add_tags if t not in tags]
-    fields: dict[str, Any] = {"tags": tags}
-    if notes is not None:
-        fields["notes"] = notes
-    manager_path = Path(record["run_dir"]) / MANAGER_FILE
-    if manager_path.parent.is_dir():
-        manager = json.loads(manager_path.read_text()) if manager_path.is_file() else {"id": record["id"]}
-        atomic_write_json(manager_path, {**manager, **fields})
-    return open_store().update(record["id"], fields)
+    """Change a run's tags and notes from their current values: in the store and, in the same transaction (under
+    its lock), in the run dir's manager.json. ValueError for a malformed tag."""
+    for tag in add_tags:
+        check_tag(tag)
+
+    def change(current: dict[str, Any]) -> None:
+        tags = [t for t in current.get("tags", []) if t not in remove_tags]
+        current["tags"] = tags + [t for t in dict.fromkeys(add_tags) if t not in tags]
+        if notes is not None:
+            current["notes"] = notes
+
+    with open_store().transaction() as tx:
+        new = tx.modify(resolve_id(tx, record["id"]), change)
+        tx.after_commit(lambda: write_manager(new))
+    return new
 
 
 def record_from_run_dir(run_dir: Path) -> dict[str, Any]:

@@ -12,20 +12,25 @@ back: callers always get full records with a ``config`` key. Version-1 files (fu
 as they are and converted on the first write.
 
 TinyDB rewrites its whole file on every write and concurrent writers would lose updates, so every
-operation takes a file lock and opens a fresh TinyDB inside it, whose storage parses the file once
-and replaces it atomically (temp file + fsync + rename): a crash never leaves a torn file.
+operation is a :class:`Transaction`: it takes a file lock, opens a fresh TinyDB inside it, reads, lets
+the caller change records *from what it reads there*, and replaces the file once, atomically (temp file
++ fsync + rename), before the lock is released. There is no way to write fields computed outside the
+lock: ``modify`` hands the change function the current record. An operation that fails writes
+nothing, and a crash never leaves a torn file.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from tinydb import Query, TinyDB
+from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document
 
@@ -45,6 +50,10 @@ class StoreError(RuntimeError):
 
 class StoreBusy(StoreError):
     """Another process held the store's lock for longer than the timeout."""
+
+
+class DuplicateRun(StoreError):
+    """A new run's id is already in the store."""
 
 
 # --- compact configs -------------------------------------------------------------------------------------------
@@ -174,52 +183,140 @@ class AtomicJSONStorage(Storage):
 
     def flush(self) -> None:
         if self._dirty:
-            atomic_write_text(self.path, json.dumps(self._cache, separators=(",", ":"), check_circular=False))
+            try:
+                atomic_write_text(self.path, json.dumps(self._cache, separators=(",", ":"), check_circular=False))
+            except OSError as error:  # a full disk, a read-only mount: the old file is untouched (atomic write)
+                raise StoreError(f"run store {self.path} could not be written ({error.strerror or error}); "
+                                 "nothing was changed") from None
             self._dirty = False
 
     def close(self) -> None:
         pass
 
 
-class _Session:
-    """One locked operation on the store: TinyDB tables plus the config base and the schema upgrade."""
+class Transaction:
+    """One locked read-modify-write of the store: what ``RunStore.transaction()`` yields.
+
+    Reads see the file as it is under the lock, plus this transaction's own changes. ``modify`` is the
+    only way to change a stored run: its change function receives the current record, so a change is
+    always computed from what it replaces. The file is written once, when the ``with`` block ends without
+    an exception, and only when something changed; callbacks given to ``after_commit`` run after that,
+    still under the lock (the run directory's manager.json is kept in step this way).
+    """
 
     def __init__(self, db: TinyDB, path: Path):
-        self.db = db
-        self.runs = db.table(RUNS_TABLE, cache_size=0)
-        meta_table = db.table(META_TABLE, cache_size=0)
-        self.meta = dict(meta_table.get(doc_id=int(_META_ID)) or {})
-        version = self.meta.get("schema_version", 0)
+        self.path = path
+        self._runs = db.table(RUNS_TABLE, cache_size=0)
+        self._meta_table = db.table(META_TABLE, cache_size=0)
+        self._meta = dict(self._meta_table.get(doc_id=int(_META_ID)) or {})
+        version = self._meta.get("schema_version", 0)
         if version > SCHEMA_VERSION:
             raise StoreError(f"run store {path} has schema version {version}; this dmltui reads up to {SCHEMA_VERSION}: "
-                             "upgrade dmltui")
-        self._meta_table = meta_table
+                             "upgrade dmltui; nothing was changed")
+        self._docs: dict[str, dict[str, Any]] | None = None  # run id -> stored (packed) document, this transaction's view
+        self._doc_ids: dict[str, int] = {}
+        self._changed: set[str] = set()
+        self._inserted: list[str] = []
+        self._removed: list[int] = []
+        self._on_commit: list[Callable[[], None]] = []
+        self._meta_changed = False
+
+    # --- reading ---------------------------------------------------------------------------------------------
+    def _view(self) -> dict[str, dict[str, Any]]:
+        if self._docs is None:
+            documents = self._runs.all()
+            self._docs = {doc["id"]: doc for doc in documents}
+            self._doc_ids = {doc["id"]: doc.doc_id for doc in documents}
+        return self._docs
 
     @property
-    def base(self) -> dict[str, Any] | None:
-        return self.meta.get("config_base")
+    def _base(self) -> dict[str, Any] | None:
+        return self._meta.get("config_base")
 
-    def prepare_write(self) -> dict[str, Any]:
-        """Before the first write: record the base and convert an older file; returns the base to pack against."""
-        if self.meta.get("schema_version", 0) < SCHEMA_VERSION or not isinstance(self.base, dict):
-            self.meta["schema_version"] = SCHEMA_VERSION
-            if not isinstance(self.base, dict):
-                self.meta["config_base"] = default_config_base()
-            self._meta_table.upsert(Document(self.meta, doc_id=int(_META_ID)))
-            base = self.base
-            self.runs.update(lambda stored: _replace_all(stored, pack(dict(stored), base)))  # one pass over every run
-        return self.base
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The run's full record (a copy: changing it changes nothing), or None."""
+        doc = self._view().get(run_id)
+        return None if doc is None else copy.deepcopy(unpack(doc, self._base))
 
-    def doc_ids(self, run_id: str) -> list[int]:
-        return [doc.doc_id for doc in self.runs.search(Query().id == run_id)]
+    def all(self) -> list[dict[str, Any]]:
+        """Every run's full record. Shallow copies, for speed with thousands of runs: change runs with ``modify``."""
+        return [unpack(doc, self._base) for doc in self._view().values()]
 
-    def record(self, doc_id: int) -> dict[str, Any]:
-        return unpack(self.runs.get(doc_id=doc_id), self.base)
+    def ids(self) -> list[str]:
+        return list(self._view())
 
-    def merged(self, doc_id: int, fields: dict[str, Any]) -> dict[str, Any]:
-        """The stored document of *doc_id* with *fields* replacing or adding top-level keys (TinyDB's update), packed."""
-        base = self.prepare_write()
-        return pack({**self.record(doc_id), **fields}, base)
+    # --- changing --------------------------------------------------------------------------------------------
+    def _packing_base(self) -> dict[str, Any]:
+        """Before the first change: record the config base (new or older files); returns the base to pack against."""
+        if self._meta.get("schema_version", 0) < SCHEMA_VERSION or not isinstance(self._base, dict):
+            self._meta["schema_version"] = SCHEMA_VERSION
+            if not isinstance(self._base, dict):
+                self._meta["config_base"] = default_config_base()
+            view = self._view()
+            for run_id, doc in view.items():  # an older file: every document is converted
+                view[run_id] = pack(unpack(doc, None), self._base)
+                self._changed.add(run_id)
+            self._meta_changed = True
+        return self._base
+
+    def insert(self, record: dict[str, Any]) -> None:
+        """Add a new run; DuplicateRun when its id is taken."""
+        run_id = record["id"]
+        view = self._view()
+        if run_id in view:
+            raise DuplicateRun(f"run {run_id} is already in the store")
+        view[run_id] = pack(record, self._packing_base())
+        self._inserted.append(run_id)
+
+    def modify(self, run_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        """Apply ``change(record)`` to the run's current record; returns the new record. KeyError for an unknown id.
+
+        *change* edits the record it is given (a deep copy) in place, or returns a new one; the store is written
+        only when the result differs from what was stored."""
+        view = self._view()
+        if run_id not in view:
+            raise KeyError(run_id)
+        current = copy.deepcopy(unpack(view[run_id], self._base))
+        new = change(current)
+        new = current if new is None else new
+        if new.get("id") != run_id:
+            raise ValueError(f"a change may not alter the run id ({run_id!r} -> {new.get('id')!r})")
+        if new != unpack(view[run_id], self._base):
+            view[run_id] = pack(new, self._packing_base())
+            self._changed.add(run_id)
+        return copy.deepcopy(new)
+
+    def remove(self, run_id: str) -> bool:
+        view = self._view()
+        if run_id not in view:
+            return False
+        del view[run_id]
+        self._changed.discard(run_id)
+        if run_id in self._inserted:
+            self._inserted.remove(run_id)
+        else:
+            self._removed.append(self._doc_ids[run_id])
+        return True
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run *callback* once the store file holds this transaction's changes (still under the lock)."""
+        self._on_commit.append(callback)
+
+    # --- committing ------------------------------------------------------------------------------------------
+    def _write(self) -> bool:
+        """Hand the changes to TinyDB (one update, one removal, one insert); True when there were any."""
+        if self._meta_changed:
+            self._meta_table.upsert(Document(self._meta, doc_id=int(_META_ID)))
+        view = self._docs or {}
+        changed = {run_id for run_id in self._changed if run_id in self._doc_ids}
+        if changed:
+            self._runs.update(lambda stored: _replace_all(stored, view[stored["id"]]),
+                              doc_ids=[self._doc_ids[run_id] for run_id in changed])
+        if self._removed:
+            self._runs.remove(doc_ids=self._removed)
+        if self._inserted:
+            self._runs.insert_multiple([view[run_id] for run_id in self._inserted])
+        return bool(changed or self._removed or self._inserted or self._meta_changed)
 
 
 def _replace_all(stored: dict[str, Any], new: dict[str, Any]) -> None:
@@ -227,71 +324,90 @@ def _replace_all(stored: dict[str, Any], new: dict[str, Any]) -> None:
     stored.update(new)
 
 
+_open_transactions = threading.local()  # store paths with an open transaction in this thread
+
+
 class RunStore:
+    """The run store file and its lock. Every operation is one :class:`Transaction`."""
+
     def __init__(self, path: Path, *, timeout: float = 10.0):
         self.path = Path(path)
         self.lock = FileLock(str(self.path) + ".lock")
         self.timeout = timeout
 
     @contextmanager
-    def _session(self) -> Iterator[_Session]:
+    def _locked(self) -> Iterator[None]:
+        open_paths = _open_transactions.__dict__.setdefault("paths", set())
+        if self.path in open_paths:  # its writes would be lost when the outer one commits
+            raise RuntimeError(f"a transaction on {self.path} is already open in this thread")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self.lock.acquire(timeout=self.timeout):
-                db = TinyDB(str(self.path), storage=AtomicJSONStorage)
-                yield _Session(db, self.path)
-                db.storage.flush()
+            self.lock.acquire(timeout=self.timeout)
         except Timeout:
-            raise StoreBusy(f"run store {self.path} is locked by another process (waited {self.timeout:g} s)") from None
+            raise StoreBusy(f"run store {self.path} is locked by another process (waited {self.timeout:g} s); "
+                            "nothing was changed") from None
+        open_paths.add(self.path)
+        try:
+            yield
+        finally:
+            open_paths.discard(self.path)
+            self.lock.release()
 
-    def put(self, run: dict[str, Any]) -> None:
-        """Insert the document of ``run['id']``, or update the existing one with run's fields (TinyDB's upsert)."""
-        self.put_many([run])
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Lock the store, read it, yield a Transaction; write its changes at the end (nothing on an exception)."""
+        with self._locked():
+            db = TinyDB(str(self.path), storage=AtomicJSONStorage)
+            transaction = Transaction(db, self.path)
+            yield transaction
+            if transaction._write():
+                db.storage.flush()
+            for callback in transaction._on_commit:
+                callback()
 
-    def put_many(self, runs: list[dict[str, Any]]) -> None:
-        """put() for several runs under one lock and one write."""
-        with self._session() as session:
-            base = session.prepare_write()
-            existing = {doc["id"]: doc.doc_id for doc in session.runs.all()}
-            new = []
-            for run in runs:
-                if run["id"] in existing:
-                    doc_id = existing[run["id"]]
-                    merged = session.merged(doc_id, run)
-                    session.runs.update(lambda stored, merged=merged: _replace_all(stored, merged), doc_ids=[doc_id])
-                else:
-                    new.append(pack(run, base))
-            if new:
-                session.runs.insert_multiple(new)
-
-    def update(self, run_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-        with self._session() as session:
-            doc_ids = session.doc_ids(run_id)
-            if not doc_ids:
-                raise KeyError(run_id)
-            merged = session.merged(doc_ids[0], fields)
-            session.runs.update(lambda stored: _replace_all(stored, merged), doc_ids=doc_ids)
-            return unpack(merged, session.base)
-
-    def update_many(self, changes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        """Apply several runs' field updates under one lock (one read, one write); unknown ids are skipped."""
-        with self._session() as session:
-            by_id = {doc["id"]: doc.doc_id for doc in session.runs.all()}
-            updated = {by_id[run_id]: session.merged(by_id[run_id], fields) for run_id, fields in changes.items()
-                       if run_id in by_id}
-            for doc_id, new in updated.items():
-                session.runs.update(lambda stored, new=new: _replace_all(stored, new), doc_ids=[doc_id])
-            return [unpack(new, session.base) for new in updated.values()]
-
+    # --- one-transaction shorthands --------------------------------------------------------------------------
     def get(self, run_id: str) -> dict[str, Any] | None:
-        with self._session() as session:
-            doc_ids = session.doc_ids(run_id)
-            return session.record(doc_ids[0]) if doc_ids else None
+        with self.transaction() as tx:
+            return tx.get(run_id)
 
     def all(self) -> list[dict[str, Any]]:
-        with self._session() as session:
-            return [unpack(doc, session.base) for doc in session.runs.all()]
+        with self.transaction() as tx:
+            return tx.all()
+
+    def insert(self, *records: dict[str, Any]) -> None:
+        """Add new runs, all or none."""
+        with self.transaction() as tx:
+            for record in records:
+                tx.insert(record)
+
+    def modify(self, run_id: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        with self.transaction() as tx:
+            return tx.modify(run_id, change)
 
     def remove(self, run_id: str) -> bool:
-        with self._session() as session:
-            return bool(session.runs.remove(Query().id == run_id))
+        with self.transaction() as tx:
+            return tx.remove(run_id)
+
+    def rebuild(self, collect: Callable[[], list[dict[str, Any]]], aside: Path) -> Path | None:
+        """Replace the whole store with ``collect()``'s records, under the lock (so no concurrent change is lost
+        between reading the run directories and writing). The old file, readable or not, is moved to *aside*
+        first and moved back when *collect* fails; returns where it went (None when there was none)."""
+        with self._locked():
+            moved = None
+            if self.path.exists():
+                self.path.rename(aside)
+                moved = aside
+            try:
+                records = collect()
+                db = TinyDB(str(self.path), storage=AtomicJSONStorage)
+                transaction = Transaction(db, self.path)
+                for record in records:
+                    transaction.insert(record)
+                transaction._write()
+                db.storage.flush()
+            except BaseException:
+                self.path.unlink(missing_ok=True)
+                if moved is not None:
+                    moved.rename(self.path)
+                raise
+            return moved

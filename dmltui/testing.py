@@ -78,7 +78,7 @@ def fake_run(home: Path, *, name: str, state: str = "finished", epochs: int = 10
     record = {**manager, "config": config.to_dict(), "dataset": dataset, "loss": loss, "miner": miner, "seed": seed,
               "run_dir": str(run_dir), "host": socket.gethostname(), **run_ops.summarize(run_dir)}
     if save:
-        (store or RunStore(home / "runs.json")).put(record)
+        (store or RunStore(home / "runs.json")).insert(record)
     return record
 
 

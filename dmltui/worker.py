@@ -44,17 +44,19 @@ def main(argv: list[str] | None = None) -> None:
     else:
         candidates = gpus.leasable_indices() if args.gpus == "auto" else gpus.parse_gpu_list(args.gpus)
         count = args.count if args.gpus == "auto" else len(candidates)
-        if args.gpus == "auto" and not candidates:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a machine without GPUs: auto means the CPU
-        else:
-            run_dir.update_status(state="queued", pid=os.getpid(), waiting_for=f"{count} GPU(s) of {candidates}",
-                                  queued_at=now_iso())
-            held = gpus.lease(candidates, count)
-            for fd in held.values():
-                os.set_inheritable(fd, True)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in sorted(held))
-            run_dir.update_status(waiting_for=None, gpus=sorted(held))
-            processes = len(held)
+        if count > len(candidates):  # the run manager checks this first; never fall back to the CPU
+            error = f"--gpus {args.gpus}: {count} GPU(s) wanted, {gpus.visible_gpus_text()}"
+            run_dir.update_status(state="failed", ended_at=now_iso(), error=error)
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(2)
+        run_dir.update_status(state="queued", pid=os.getpid(), waiting_for=f"{count} GPU(s) of {candidates}",
+                              queued_at=now_iso())
+        held = gpus.lease(candidates, count)
+        for fd in held.values():
+            os.set_inheritable(fd, True)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in sorted(held))
+        run_dir.update_status(waiting_for=None, gpus=sorted(held))
+        processes = len(held)
     os.execve(sys.executable, engine_argv(str(run_dir.path), args.resume, processes), env)
 
 

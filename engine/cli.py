@@ -7,22 +7,30 @@ With ``--run-dir DIR`` holding a config.toml (what the run manager prepares), th
 file is the configuration. Without ``--run-dir`` the run goes to
 ``<log.save_path>/<dataset>/<savename>`` like the original.
 
-Exit codes: 0 finished, 1 failed or diverged, 2 invalid configuration, 130 stopped.
+Before anything is written, :func:`engine.preflight.problems` checks what can be checked
+cheaply (dataset layout, weights file, run directory, device); each problem is one
+``error:`` line and nothing is created. A run that fails later keeps its traceback in
+train.log and reports one ``error:`` line on the terminal.
+
+Exit codes: 0 finished, 1 failed or diverged, 2 invalid configuration or a failed
+pre-run check, 130 stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tomllib
 from datetime import datetime
 from pathlib import Path
 
+from engine import preflight
 from engine.config.legacy import LegacyFlagError, add_legacy_arguments, legacy_overrides
 from engine.config.presets import ConfigError, ResolvedConfig, flatten, resolve, validate_tree
 from engine.config.schema import Config
 from engine.registry import did_you_mean
-from engine.rundir import RunDir
+from engine.rundir import RunDir, now_iso
 
 EXIT_CODES = {"finished": 0, "failed": 1, "diverged": 1, "stopped": 130}
 _OWN_OPTIONS = ("preset", "config", "set", "run_dir", "print_config", "resume")
@@ -83,6 +91,15 @@ def resolve_from_args(args: argparse.Namespace) -> ResolvedConfig:
     return resolved
 
 
+def _record_refusal(rd: RunDir, problems: list[str]) -> None:
+    """A prepared run (state queued) that will not start says why in status.json: else the run manager,
+    seeing its process gone, could only call it crashed."""
+    if not rd.exists() or rd.read_status().get("state") != "queued":
+        return
+    with contextlib.suppress(OSError):  # the run directory may be one of the problems
+        rd.update_status(state="failed", ended_at=now_iso(), error="; ".join(problems))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -116,11 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (run_dir is None or not RunDir(run_dir).exists()):
         print("error: --resume needs --run-dir DIR of an existing run (with config.toml)", file=sys.stderr)
         return 2
+    found = preflight.problems(config, run_dir)
+    for line in found:
+        print(f"error: {line}", file=sys.stderr)
+    if found:
+        if run_dir is not None:
+            _record_refusal(RunDir(run_dir), found)
+        return 2
     from engine.trainer import ResumeError, run  # deferred: torch and friends load only when training
 
+    run_dir = run_dir or default_run_dir(config)
     try:
-        outcome = run(config, run_dir or default_run_dir(config), resume=args.resume)
+        outcome = run(config, run_dir, resume=args.resume)
     except ResumeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if outcome.state == "failed":
+        print(f"error: run failed: {outcome.error}; traceback in {RunDir(run_dir).log}", file=sys.stderr)
     return EXIT_CODES[outcome.state]

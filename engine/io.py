@@ -6,6 +6,7 @@ version (plus, at worst, a stray ``.tmp-*`` file that is never read).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -25,12 +26,24 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        # torch.save reports a full disk as "enforce fail ... unexpected pos": looked at before the partial file goes
+        full = isinstance(error, Exception) and not isinstance(error, OSError) and _disk_full(path.parent)
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 16  # less than one write's worth left
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -61,8 +74,16 @@ def append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+def parse_json_object(line: str) -> dict[str, Any]:
+    """One JSON object; ValueError for anything else (a torn line, garbage, a JSON list or number)."""
+    value = json.loads(line)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of *path*; a torn last line (a crash mid-write) is skipped."""
+    """Every JSON object line of *path*; anything else (a torn last line after a crash, garbage) is skipped."""
     records = []
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -71,7 +92,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     for line in text.splitlines():
         if line.strip():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                records.append(parse_json_object(line))
+            except ValueError:  # json.JSONDecodeError included
                 continue
     return records

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from engine import distributed, losses, samplers
+from engine import distributed, losses, preflight, samplers
 from engine.config.schema import Config
 from engine.data import ImageDataset, build_transform, create_splits, default_cache_size, open_split_cache
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
@@ -61,12 +61,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+class DeviceError(RuntimeError):
+    """The run asks for a CUDA device that this machine does not have."""
+
+
 def resolve_device(config: Config) -> torch.device:
-    wants_cuda = config.run.device == "cuda" or (config.run.device == "auto" and torch.cuda.is_available())
-    if not wants_cuda:
+    """The CUDA device the run asks for, else the first GPU under run.device='auto', else the CPU.
+
+    A run that asks for CUDA explicitly (see :func:`engine.preflight.cuda_requested`) never
+    falls back to the CPU: a run meant for a GPU would otherwise crawl there unnoticed.
+    """
+    if config.run.device == "cpu":
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("run.device='cuda' but CUDA is not available on this machine; use run.device='cpu' or 'auto'")
+    problems = preflight.device_problems(config.run)
+    if problems:
+        raise DeviceError("; ".join(problems))
+    if not torch.cuda.is_available():  # run.device='auto' and no explicit request
+        return torch.device("cpu")
     index = config.run.gpus[0] if config.run.gpus else 0
     if os.environ.get("CUDA_VISIBLE_DEVICES"):  # a launcher already picked the GPU
         index = 0
@@ -83,6 +94,8 @@ def setup_logging(run_dir: RunDir, console: bool) -> None:
     if console:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(logging.Formatter("%(message)s"))
+        # Tracebacks stay in train.log: the terminal gets the CLI's one error line instead.
+        stream.addFilter(lambda record: record.exc_info is None)
         log.addHandler(stream)
 
 
@@ -510,8 +523,14 @@ def _fmt_results(results: dict[str, dict[str, Any]]) -> str:
     return " | ".join(f"{split} {_fmt(values)}" for split, values in results.items())
 
 
+def one_line(error: BaseException) -> str:
+    """``<type>: <first line of the message>``: what status.json and the terminal show of a failure."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 class ResumeError(RuntimeError):
-    """A run directory that cannot be resumed (no checkpoint, or a finished run)."""
+    """A run directory that cannot be resumed (no readable checkpoint, or a finished run)."""
 
 
 def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | None = None, resume: bool = False) -> Outcome:
@@ -528,10 +547,15 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
         last = rd.checkpoints / "last.pt"
         if not last.is_file():
             raise ResumeError(f"{last} does not exist: nothing to resume (the run never finished an epoch)")
-        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+        except Exception as error:  # a truncated or foreign file
+            raise ResumeError(f"{last} cannot be read ({one_line(error)}): nothing to resume from") from error
         if checkpoint["epoch"] >= config.optim.epochs and not checkpoint.get("batch_in_epoch"):
             raise ResumeError(f"{rd.path} already trained all {config.optim.epochs} epochs; nothing to resume")
         rd.keep_metrics_until(checkpoint["epoch"])
+        for stray in rd.checkpoints.glob(".tmp-*"):  # a checkpoint write that a kill cut short: never read, now gone
+            stray.unlink(missing_ok=True)
     if context.is_main:
         rd.path.mkdir(parents=True, exist_ok=True)
         rd.checkpoints.mkdir(exist_ok=True)
@@ -559,11 +583,12 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
         except KeyboardInterrupt:
             outcome = Outcome("stopped", trainer.epoch, trainer.best, "interrupted")
         except Exception as error:
-            log.exception("run failed")
-            outcome = Outcome("failed", trainer.epoch, trainer.best, f"{type(error).__name__}: {error}")
+            log.exception("run failed: %s", rd.path)
+            outcome = Outcome("failed", trainer.epoch, trainer.best, one_line(error))
     if getattr(trainer, "wandb", None):
         trainer.wandb.finish(outcome.state)
     rd.update_status(state=outcome.state, ended_at=now_iso(), epoch=outcome.epoch, error=outcome.error, best=outcome.best)
-    log.info("run %s: %s", outcome.state, rd.path)
+    if outcome.state != "failed":  # a failure was logged above, with its traceback
+        log.info("run %s: %s", outcome.state, rd.path)
     distributed.shutdown(context)
     return outcome

@@ -38,7 +38,23 @@ def isolated_env(tmp_path, data_root, monkeypatch) -> Path:
     monkeypatch.setenv("DMLTUI_HOME", str(home))
     monkeypatch.setenv("DMLTUI_DATA", str(data_root))
     monkeypatch.delenv("DMLTUI_PRESETS", raising=False)
+    monkeypatch.delenv("DMLTUI_GPUS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     return home
+
+
+FAKE_NVML = REPO / "tests" / "fake_nvml"
+
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """Make the dmltui processes a test starts see *count* GPUs through a stand-in NVML (tests/fake_nvml)."""
+
+    def pretend(count: int) -> None:
+        monkeypatch.setenv("FAKE_NVML_GPUS", str(count))
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FAKE_NVML), os.environ.get("PYTHONPATH")])))
+
+    return pretend
 
 
 def make_class_folders(images_dir: Path, n_classes: int, per_class: int, *, size=(40, 48), suffix=".jpg", seed=0,

@@ -76,12 +76,8 @@ def run_dirs(tmp_path) -> list[Path]:
 @pytest.fixture
 def stored(run_dirs) -> dict[str, dict]:
     """The runs recorded in the (isolated) store, by name."""
-    store = open_store()
-    records = {}
-    for run_dir in run_dirs:
-        record = record_from_run_dir(run_dir)
-        store.put(record)
-        records[record["name"]] = record
+    records = {record["name"]: record for record in map(record_from_run_dir, run_dirs)}
+    open_store().insert(*records.values())
     return records
 
 

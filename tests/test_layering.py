@@ -26,7 +26,7 @@ def test_no_engine_module_imports_dmltui_statically():
 
 def test_engine_at_run_time_loads_no_manager_modules():
     code = (
-        "import sys, engine.cli, engine.trainer, engine.config, engine.metrics, engine.data.embedded;"
+        "import sys, engine.cli, engine.preflight, engine.trainer, engine.config, engine.metrics, engine.data.embedded;"
         "from engine.config.presets import resolve; resolve('quickstart');"
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r}))"
     )

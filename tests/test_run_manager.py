@@ -128,8 +128,9 @@ def test_sighup_to_the_launching_shell_leaves_runs_running(tiny):
 
 
 @pytest.mark.slow
-def test_gpu_queue_one_lease_per_gpu(tiny, monkeypatch):
-    monkeypatch.setenv("DMLTUI_GPUS", "0")  # pretend this machine has one GPU (the engine then runs on the CPU)
+def test_gpu_queue_one_lease_per_gpu(tiny, fake_gpus, monkeypatch):
+    fake_gpus(2)  # pretend this machine has two GPUs (the engine then runs on the CPU: the preset says so)...
+    monkeypatch.setenv("DMLTUI_GPUS", "0")  # ...of which the manager may use one
     first = launch(tiny, "--set", "optim.epochs=400", "--seeds", "0", "--gpus", "auto")[0]
     wait_for(lambda: status(first).get("state") == "running", 60)
     second = launch(tiny, "--seeds", "1", "--gpus", "auto")[0]
@@ -144,8 +145,8 @@ def test_gpu_queue_one_lease_per_gpu(tiny, monkeypatch):
 
 
 @pytest.mark.slow
-def test_stop_a_queued_run(tiny, monkeypatch):
-    monkeypatch.setenv("DMLTUI_GPUS", "0")
+def test_stop_a_queued_run(tiny, fake_gpus):
+    fake_gpus(1)
     holder = launch(tiny, "--set", "optim.epochs=400", "--seeds", "0", "--gpus", "auto")[0]
     wait_for(lambda: status(holder).get("state") == "running", 60)
     queued = launch(tiny, "--seeds", "1", "--gpus", "auto")[0]

@@ -13,6 +13,7 @@ from conftest import dmltui
 from dmltui.store import (
     PACKED_CONFIG_KEY,
     SCHEMA_VERSION,
+    DuplicateRun,
     RunStore,
     StoreBusy,
     StoreError,
@@ -34,9 +35,9 @@ def _writer(path: str, worker: int, count: int, defaults: dict) -> None:
         run = {"id": f"w{worker}-{i}", "state": "queued", "worker": worker}
         if i % 10 == 0:
             run["config"] = _config(worker * 1000 + i, defaults)
-        store.put(run)
+        store.insert(run)
         if i % 5 == 0:
-            store.update(f"w{worker}-{i}", {"state": "finished"})
+            store.modify(f"w{worker}-{i}", lambda record: record.update(state="finished"))
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
@@ -61,16 +62,149 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_put_get_update_remove(tmp_path):
+def test_insert_get_modify_remove(tmp_path):
     store = RunStore(tmp_path / "runs.json")
-    store.put({"id": "a", "state": "queued", "best": {}})
-    store.put({"id": "a", "state": "running", "best": {}})  # upsert, not a duplicate
-    assert [r["state"] for r in store.all()] == ["running"]
-    assert store.update("a", {"state": "finished"})["state"] == "finished"
+    store.insert({"id": "a", "state": "queued", "best": {}})
+    with pytest.raises(DuplicateRun, match="run a is already in the store"):
+        store.insert({"id": "a", "state": "running", "best": {}})
+    assert [r["state"] for r in store.all()] == ["queued"]
+    assert store.modify("a", lambda r: r.update(state="finished"))["state"] == "finished"
+    assert store.modify("a", lambda r: {**r, "epoch": 3})["epoch"] == 3  # or a new record returned
     with pytest.raises(KeyError):
-        store.update("missing", {"state": "x"})
+        store.modify("missing", lambda r: r.update(state="x"))
+    with pytest.raises(ValueError, match="may not alter the run id"):
+        store.modify("a", lambda r: r.update(id="b"))
     assert store.get("missing") is None
     assert store.remove("a") and store.all() == []
+
+
+def test_a_failed_transaction_writes_nothing_and_an_unchanged_one_does_not_write(tmp_path):
+    path = tmp_path / "runs.json"
+    store = RunStore(path)
+    store.insert({"id": "a", "tags": ["x"]}, {"id": "b", "tags": []})
+    before = path.read_bytes(), path.stat().st_ino
+    with pytest.raises(RuntimeError, match="boom"), store.transaction() as tx:
+        tx.modify("a", lambda r: r["tags"].append("y"))
+        tx.insert({"id": "c"})
+        tx.remove("b")
+        raise RuntimeError("boom")
+    assert (path.read_bytes(), path.stat().st_ino) == before
+    with store.transaction() as tx:
+        tx.modify("a", lambda r: r.update(tags=["x"]))  # the same value: no write
+        assert tx.get("a")["tags"] == ["x"]
+    assert (path.read_bytes(), path.stat().st_ino) == before
+    with store.transaction() as tx:  # reads see the transaction's own changes
+        tx.modify("a", lambda r: r["tags"].append("y"))
+        tx.insert({"id": "c", "tags": []})
+        tx.modify("c", lambda r: r["tags"].append("new"))
+        assert tx.get("a")["tags"] == ["x", "y"] and tx.get("c")["tags"] == ["new"] and tx.ids() == ["a", "b", "c"]
+        record = tx.get("a")
+        record["tags"].append("not stored")  # a copy
+    assert [r["tags"] for r in store.all()] == [["x", "y"], [], ["new"]]
+
+
+def test_a_nested_transaction_in_one_thread_is_refused(tmp_path):
+    store = RunStore(tmp_path / "runs.json")
+    with store.transaction(), pytest.raises(RuntimeError, match="already open"):
+        RunStore(tmp_path / "runs.json").all()  # its write would be lost when the outer one commits
+    assert store.all() == []
+
+
+def test_after_commit_runs_under_the_lock_only_after_a_commit(tmp_path):
+    store = RunStore(tmp_path / "runs.json", timeout=0.2)
+    calls = []
+    with store.transaction() as tx:
+        tx.insert({"id": "a"})
+        tx.after_commit(lambda: calls.append(store.lock.is_locked))
+    assert calls == [True]
+    with pytest.raises(KeyError), store.transaction() as tx:
+        tx.after_commit(lambda: calls.append("never"))
+        tx.modify("missing", lambda r: None)
+    assert calls == [True]
+
+
+# --- random interleavings --------------------------------------------------------------------------------------
+
+OPERATIONS = ("add", "remove", "note", "count", "insert", "delete")
+
+
+def _journal(path: str, entry: str) -> None:
+    with open(path, "a") as handle:
+        handle.write(entry + "\n")
+
+
+def _interleaver(path: str, journal: str, worker: int, steps: int, seed: int) -> None:
+    """Random operations with random pauses inside and outside the lock; each committed one is journalled
+    (after its commit, under the lock), so the journal is the order the store serialised them in."""
+    import random
+    import time
+
+    rng = random.Random(seed)
+    store = RunStore(Path(path), timeout=60)
+    for step in range(steps):
+        operation = rng.choice(OPERATIONS)
+        value = f"w{worker}-{step}"
+        time.sleep(rng.random() * 0.01)
+        with store.transaction() as tx:
+            time.sleep(rng.random() * 0.005)  # a slow writer holds the lock: the others must wait, not overwrite
+            run_id = rng.choice(tx.ids())
+            if operation == "insert":
+                run_id = value
+                tx.insert({"id": run_id, "tags": [], "notes": "", "count": 0})
+            elif operation == "delete":
+                if run_id.startswith("r"):  # the four first runs stay
+                    continue
+                tx.remove(run_id)
+            elif operation == "add":
+                tx.modify(run_id, lambda r, value=value: r["tags"].append(value))
+            elif operation == "remove":
+                victim = (tx.get(run_id)["tags"] or [None])[0]
+                tx.modify(run_id, lambda r, victim=victim: r.update(tags=[t for t in r["tags"] if t != victim]))
+                value = victim
+            elif operation == "note":
+                tx.modify(run_id, lambda r, value=value: r.update(notes=value))
+            elif operation == "count":
+                tx.modify(run_id, lambda r: r.update(count=r["count"] + 1))
+            entry = json.dumps([operation, run_id, value])
+            tx.after_commit(lambda entry=entry: _journal(journal, entry))
+
+
+def _replay(journal: list[list]) -> dict[str, dict]:
+    """The journal applied in order, one operation at a time: what a serial execution gives."""
+    runs = {f"r{i}": {"tags": [], "notes": "", "count": 0} for i in range(4)}
+    for operation, run_id, value in journal:
+        run = runs.get(run_id)
+        if operation == "insert":
+            runs[run_id] = {"tags": [], "notes": "", "count": 0}
+        elif operation == "add":
+            run["tags"].append(value)
+        elif operation == "remove":
+            run["tags"] = [t for t in run["tags"] if t != value]
+        elif operation == "note":
+            run["notes"] = value
+        elif operation == "count":
+            run["count"] += 1
+        elif operation == "delete":
+            del runs[run_id]
+    return runs
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_interleavings_end_as_their_serial_order(tmp_path, seed):
+    path, journal = tmp_path / "runs.json", tmp_path / "journal.jsonl"
+    RunStore(path).insert(*({"id": f"r{i}", "tags": [], "notes": "", "count": 0} for i in range(4)))
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_interleaver, args=(str(path), str(journal), w, 30, seed * 100 + w)) for w in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    entries = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert len(entries) > 100 and {e[0] for e in entries} == set(OPERATIONS)
+    stored = {r["id"]: {k: r[k] for k in ("tags", "notes", "count")} for r in RunStore(path).all()}
+    assert stored == _replay(entries)
+    assert sum(r["count"] for r in stored.values()) >= 1
 
 
 def test_corrupt_store_is_a_clear_error_and_is_left_as_is(tmp_path):
@@ -146,7 +280,7 @@ def test_version_1_files_are_read_as_they_are_and_converted_on_the_first_write(t
     assert _exact(store.all()) == _exact(runs)
     assert _exact([store.get("run-4")]) == _exact([runs[4]])
     assert path.read_text() == before  # reading never rewrites the file
-    updated = store.update("run-1", {"notes": "converted"})
+    updated = store.modify("run-1", lambda r: r.update(notes="converted"))
     assert _exact([updated]) == _exact([{**runs[1], "notes": "converted"}])
     data = json.loads(path.read_text())
     assert data["meta"]["1"]["schema_version"] == SCHEMA_VERSION == 2
@@ -164,8 +298,7 @@ def test_records_round_trip_exactly_through_compact_configs(tmp_path):
     runs.append({"id": "no-config", "state": "queued"})
     runs.append({"id": "odd-config", "state": "queued", "config": None})
     runs.append({"id": "defaults", "state": "queued", "config": default_config_base()})
-    for run in runs:
-        store.put(copy.deepcopy(run))
+    store.insert(*copy.deepcopy(runs))
     assert _exact(store.all()) == _exact(runs)
     assert _exact([store.get("run-1")]) == _exact([runs[1]])
     stored = json.loads(path.read_text())["runs"]
@@ -176,10 +309,11 @@ def test_records_round_trip_exactly_through_compact_configs(tmp_path):
         if defaults[section][key] != value]
     assert len(stored["1"][PACKED_CONFIG_KEY]["set"]) in (2, 3)  # seed, lr, loss name
 
-    # a new config replaces the old one; other updates leave it alone; update_many returns full records
+    # a new config replaces the old one; other changes leave it alone; modify returns full records
     runs[0]["config"] = _config(99)
-    assert store.update("run-0", {"config": copy.deepcopy(runs[0]["config"])})["config"] == runs[0]["config"]
-    changed = store.update_many({"run-2": {"state": "crashed"}, "missing": {"state": "x"}, "run-3": {"epoch": 3}})
+    assert store.modify("run-0", lambda r: r.update(config=copy.deepcopy(runs[0]["config"])))["config"] == runs[0]["config"]
+    with store.transaction() as tx:
+        changed = [tx.modify("run-2", lambda r: r.update(state="crashed")), tx.modify("run-3", lambda r: r.update(epoch=3))]
     runs[2]["state"], runs[3]["epoch"] = "crashed", 3
     assert _exact(changed) == _exact([runs[2], runs[3]])
     assert _exact(store.all()) == _exact(runs)
@@ -205,7 +339,7 @@ def test_a_config_that_would_not_round_trip_is_stored_whole(tmp_path):
     store = RunStore(path)
     config = default_config_base()
     config = {"run": config.pop("run"), **config}  # same keys, another order: kept as it is
-    store.put({"id": "a", "config": config})
+    store.insert({"id": "a", "config": config})
     assert _exact([store.get("a")["config"]]) == _exact([config])
     assert "config" in json.loads(path.read_text())["runs"]["1"]
 

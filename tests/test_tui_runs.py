@@ -122,7 +122,7 @@ def test_monitor_reads_the_store_only_when_it_changed(three_runs, isolated_env, 
     original = RunStore.all
     monkeypatch.setattr(RunStore, "all", lambda self: reads.append(1) or original(self))
     assert monitor.poll() is False and reads == []  # nothing changed: not even read
-    RunStore(isolated_env / "runs.json").update(three_runs[0]["id"], {"notes": "changed"})
+    RunStore(isolated_env / "runs.json").modify(three_runs[0]["id"], lambda r: r.update(notes="changed"))
     assert monitor.poll() is True and reads == [1]
     assert monitor.records[three_runs[0]["id"]]["notes"] == "changed"
 

@@ -9,6 +9,7 @@ import typer
 
 from dmltui.cli import compare, db, launch, presets, quickstart, runs, schema, tui
 from dmltui.cli.common import ExitCode
+from dmltui.home import SettingError
 from dmltui.store import StoreBusy, StoreError
 
 app = typer.Typer(
@@ -46,4 +47,11 @@ def main() -> None:
         raise SystemExit(int(ExitCode.BUSY)) from None
     except StoreError as error:
         print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.FAILED)) from None
+    except SettingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(int(ExitCode.USAGE)) from None
+    except OSError as error:  # a full disk or a permission problem outside the store: one line, not a traceback
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         raise SystemExit(int(ExitCode.FAILED)) from None

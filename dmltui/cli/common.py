@@ -35,3 +35,17 @@ def print_json(data: Any) -> None:
     print in 0.1 s instead of 0.5 s)."""
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n")
+
+
+GPUS_HELP = ("auto (queue for free GPUs), cpu, or indices like 0,1; default: auto on a machine with GPUs, cpu on one "
+             "without. GPUs this machine lacks are an error")
+
+
+def checked_gpus(text: str | None, *, per_run: int = 1) -> str:
+    """The --gpus value this machine can serve, or exit 2 with one line naming the GPUs it has."""
+    from dmltui.gpus import resolve_request
+
+    try:
+        return resolve_request(text, per_run=per_run)
+    except ValueError as error:
+        fail(str(error), ExitCode.USAGE)

@@ -28,22 +28,23 @@ def rebuild(
 ) -> None:
     """Re-create the store from the run directories. A corrupt or old store file is moved aside, never deleted."""
     path = home.store_path()
-    aside = None
-    if path.exists():
-        aside = path.with_name(f"{path.name}.{datetime.now():%Y%m%d-%H%M%S}.bak")
-        path.rename(aside)
     folders = [home.runs_dir(), *(scan or [])]
-    store = RunStore(path)
     rebuilt, skipped = [], []
-    for folder in folders:
-        for run_dir in run_dirs_under(folder):
-            try:
-                record = run_ops.record_from_run_dir(run_dir)
-            except Exception as error:  # one unreadable run dir must not stop the rebuild
-                skipped.append({"run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"})
-                continue
-            store.put(record)
-            rebuilt.append(record["id"])
+
+    def collect() -> list[dict]:  # called under the store's lock: no tag or note added meanwhile is lost
+        records = {}
+        for folder in folders:
+            for run_dir in run_dirs_under(folder):
+                try:
+                    record = run_ops.record_from_run_dir(run_dir)
+                except Exception as error:  # one unreadable run dir must not stop the rebuild
+                    skipped.append({"run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"})
+                    continue
+                records.setdefault(record["id"], record)  # a run dir found under two scanned folders counts once
+        rebuilt.extend(records)
+        return list(records.values())
+
+    aside = RunStore(path).rebuild(collect, path.with_name(f"{path.name}.{datetime.now():%Y%m%d-%H%M%S}.bak"))
     if as_json:
         print_json({"store": str(path), "previous": str(aside) if aside else None, "runs": rebuilt, "skipped": skipped})
         return
@@ -59,21 +60,23 @@ def import_runs(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Record runs started outside the manager (plain `python -m engine`, torchrun)."""
-    store = run_ops.open_store()
-    known = {r["run_dir"] for r in store.all()}
-    imported = []
     for run_dir in run_dirs:
         if not (run_dir / "config.toml").is_file():
             fail(f"{run_dir} is not a run directory (no config.toml)", ExitCode.NOT_FOUND)
-        if str(run_dir.resolve()) in known:
-            print(f"{run_dir} is already recorded", file=sys.stderr)
-            continue
-        try:
-            record = run_ops.record_from_run_dir(run_dir)
-        except (ValueError, OSError) as error:
-            fail(f"{run_dir}: {error}", ExitCode.USAGE)
-        store.put(record)
-        imported.append(record)
+    imported = []
+    with run_ops.open_store().transaction() as tx:  # what is known and what is added: one view, one write
+        known = {r["run_dir"] for r in tx.all()}
+        for run_dir in run_dirs:
+            if str(run_dir.resolve()) in known:
+                print(f"{run_dir} is already recorded", file=sys.stderr)
+                continue
+            try:
+                record = run_ops.record_from_run_dir(run_dir)
+            except (ValueError, OSError) as error:
+                fail(f"{run_dir}: {error}", ExitCode.USAGE)
+            tx.insert(record)
+            known.add(record["run_dir"])
+            imported.append(record)
     if as_json:
         print_json(imported)
     for record in imported if not as_json else []:

@@ -7,23 +7,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_json, stdout
+from dmltui.cli.runs import follow_runs
 
 if TYPE_CHECKING:  # dmltui.launching imports the config modules (pydantic): deferred to the commands that launch
     from dmltui.launching import PlannedRun
 
 
-def validate_gpus(text: str) -> str:
-    from dmltui.launching import check_gpus
-
-    try:
-        return check_gpus(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-
-
 def _plan(presets: list[str], overrides: list[str], **kwargs) -> list[PlannedRun]:
-    """Resolve every run first: an invalid config, seed list or grid exits 2 (3 for an unknown preset), nothing starts."""
+    """Resolve and check every run first: an invalid config, seed list, grid, name or tag, or a problem the engine
+    would meet before training (a missing dataset...), exits 2 (3 for an unknown preset); nothing starts."""
     from dmltui.launching import plan_runs
     from engine.config.presets import ConfigError, PresetNotFound
 
@@ -40,12 +33,22 @@ def _plan(presets: list[str], overrides: list[str], **kwargs) -> list[PlannedRun
     return planned
 
 
+def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
+    """start_runs, with a config that --gpus cannot serve as exit 2."""
+    from dmltui.launching import start_runs
+    from engine.config.presets import ConfigError
+
+    try:
+        return start_runs(planned, **kwargs)
+    except ConfigError as error:
+        fail(error.lines, ExitCode.USAGE)
+
+
 def run(
     presets: Annotated[list[str], typer.Argument(help="preset names or files, composed in order (e.g. margin-b12-d cub200)")],
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE override (TOML literal); repeatable")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="seeds like 0-4 or 0,3; default: the preset's seeds")] = None,
-    gpus: Annotated[str, typer.Option("--gpus", help="auto (queue for a free GPU), cpu, or indices like 0,1",
-                                      callback=validate_gpus)] = "auto",
+    gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     name: Annotated[str | None, typer.Option("--name", help="run name stem (default: the last preset)")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag the runs; repeatable")] = None,
     gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="with --gpus auto: GPUs per run (DDP via torchrun)")] = 1,
@@ -53,18 +56,15 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the started runs as JSON")] = False,
 ) -> None:
     """Start training runs in the background (one per seed); they survive this shell and a dropped SSH session."""
-    from dmltui.launching import start_runs
-
-    planned = _plan(presets, overrides or [], seeds=seeds, name=name)
-    records = start_runs(planned, gpus=gpus, tags=tags or [], gpus_per_run=gpus_per_run)
+    gpus = checked_gpus(gpus, per_run=gpus_per_run)
+    planned = _plan(presets, overrides or [], seeds=seeds, name=name, tags=tags or [])
+    records = _start(planned, gpus=gpus, tags=tags or [], gpus_per_run=gpus_per_run)
     if as_json:
         print_json(records)
     else:
         for record in records:
             stdout.print(f"{record['id']}  {record['name']}  {record['state']}  {record['run_dir']}", highlight=False)
     if follow:
-        from dmltui.cli.runs import follow_runs
-
         raise typer.Exit(follow_runs([r["id"] for r in records]))
 
 
@@ -73,15 +73,14 @@ def sweep(
     grid: Annotated[list[str], typer.Option("--grid", help="KEY=V1,V2,... ; repeatable, the runs are the product")],
     overrides: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE override for every run")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="seeds like 0-4; default: the preset's seeds")] = None,
-    gpus: Annotated[str, typer.Option("--gpus", help="auto, cpu, or indices", callback=validate_gpus)] = "auto",
+    gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag every run; repeatable")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs, start nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON")] = False,
 ) -> None:
     """Launch the product of a parameter grid (times the seeds) as detached runs."""
-    from dmltui.launching import start_runs
-
-    planned = _plan(presets, overrides or [], seeds=seeds, grid=grid)
+    gpus = checked_gpus(gpus)
+    planned = _plan(presets, overrides or [], seeds=seeds, grid=grid, tags=tags or [])
     if dry_run:
         rows = [{"grid": run.grid, "seed": run.seed, "name": run.name} for run in planned]
         if as_json:
@@ -90,7 +89,7 @@ def sweep(
             for row in rows:
                 stdout.print(" ".join(f"{k}={v}" for k, v in row["grid"].items()) + f" seed={row['seed']}", highlight=False)
         return
-    records = start_runs(planned, gpus=gpus, tags=tags or [])
+    records = _start(planned, gpus=gpus, tags=tags or [])
     if as_json:
         print_json(records)
     else:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dmltui import runs as run_ops
-from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_json, stdout
 from dmltui.listing import best_value, matches, refreshed_runs, sort_runs
 from dmltui.results import display_name
 from engine.rundir import FINAL_STATES, RunDir
@@ -29,8 +29,8 @@ IdArgument = Annotated[str, typer.Argument(help="run id (or a unique prefix of o
 def _get(run_id: str) -> dict:
     try:
         return run_ops.find(run_id)
-    except KeyError:
-        fail(f"no run with id {run_id!r} (or the prefix matches several)", ExitCode.NOT_FOUND)
+    except (run_ops.RunNotFound, run_ops.AmbiguousRunId) as error:
+        fail(str(error), ExitCode.NOT_FOUND)
 
 
 @app.command("list")
@@ -107,7 +107,7 @@ def follow_runs(run_ids: list[str], *, interval: float = 1.0) -> int:
     store = run_ops.open_store()
     with Live(console=stdout, refresh_per_second=2, transient=False) as live:
         while True:
-            records = [run_ops.reconcile(run_id, store) for run_id in run_ids]
+            records = run_ops.reconcile_many(run_ids, store)
             live.update(_latest_table(records))
             if all(r["state"] in FINAL_STATES for r in records):
                 break
@@ -138,10 +138,15 @@ def tail(run_id: IdArgument, as_json: Annotated[bool, typer.Option("--json", hel
 
 
 def _apply(operation, *args, **kwargs) -> Any:
+    """A run operation; a run in the wrong state exits 1, one that vanished meanwhile 3, bad input (a tag) 2."""
     try:
         return operation(*args, **kwargs)
     except run_ops.RunError as error:
         fail(str(error), ExitCode.FAILED)
+    except (run_ops.RunNotFound, run_ops.AmbiguousRunId) as error:
+        fail(str(error), ExitCode.NOT_FOUND)
+    except ValueError as error:
+        fail(str(error), ExitCode.USAGE)
 
 
 @app.command("stop")
@@ -161,27 +166,25 @@ def stop(
 @app.command("resume")
 def resume(
     run_id: IdArgument,
-    gpus: Annotated[str, typer.Option("--gpus", help="auto, cpu, or indices like 0,1")] = "auto",
+    gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Continue a stopped, crashed or failed run from its last checkpoint (detached)."""
-    from dmltui.cli.launch import validate_gpus
-
-    record = _apply(run_ops.resume, _get(run_id), gpus=validate_gpus(gpus))
+    gpus = checked_gpus(gpus)
+    record = _apply(run_ops.resume, _get(run_id), gpus=gpus)
     print_json(record) if as_json else stdout.print(f"{record['id']} {record['state']}", highlight=False)
 
 
 @app.command("rerun")
 def rerun(
     run_id: IdArgument,
-    gpus: Annotated[str, typer.Option("--gpus", help="auto, cpu, or indices like 0,1")] = "auto",
+    gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     name: Annotated[str | None, typer.Option("--name", help="name of the new run")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Start a new run with the same resolved configuration."""
-    from dmltui.cli.launch import validate_gpus
-
-    record = run_ops.rerun(_get(run_id), name=name, gpus=validate_gpus(gpus))
+    gpus = checked_gpus(gpus)
+    record = _apply(run_ops.rerun, _get(run_id), name=name, gpus=gpus)
     print_json(record) if as_json else stdout.print(f"{record['id']} {record['name']} {record['state']}", highlight=False)
 
 
@@ -208,12 +211,12 @@ def tag(
     remove_tags: Annotated[bool, typer.Option("--remove", help="remove these tags instead")] = False,
 ) -> None:
     """Add (or with --remove, remove) tags."""
-    record = _get(run_id)
-    record = run_ops.annotate(record, add_tags=[] if remove_tags else tags, remove_tags=tags if remove_tags else [])
+    record = _apply(run_ops.annotate, _get(run_id), add_tags=[] if remove_tags else tags,
+                    remove_tags=tags if remove_tags else [])
     stdout.print(f"{record['id']} tags: {', '.join(record['tags']) or '-'}", highlight=False)
 
 
 @app.command("note")
 def note(run_id: IdArgument, text: Annotated[str, typer.Argument(help="the note (replaces the previous one)")]) -> None:
     """Attach a free-text note to a run."""
-    run_ops.annotate(_get(run_id), notes=text)
+    _apply(run_ops.annotate, _get(run_id), notes=text)

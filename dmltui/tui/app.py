@@ -96,7 +96,7 @@ class DmlTuiApp(App):
             else:
                 raise ValueError(f"unknown run operation {operation!r}")
             severity = "information"
-        except (run_ops.RunError, KeyError) as error:
+        except (run_ops.RunError, KeyError, ValueError) as error:  # wrong state, gone meanwhile, no GPU for it
             message, severity = str(error), "error"
         self.call_from_thread(self.notify, message, severity=severity)
         self.call_from_thread(self.refresh_runs)

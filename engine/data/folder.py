@@ -4,15 +4,13 @@ Layout::
 
     <dataset>/images/<class folder>/<image file>
 
-Class folders are sorted by their numeric prefix when every folder has one
-(``001.Black_footed_Albatross``), else by name (Python's default string order,
-as the original did for CARS196). The first half of the classes trains, the
-second half tests (zero-shot: test classes are unseen in training).
+The class folders are read (and the layout checked) by :func:`engine.data.read_class_folders`,
+which needs no torch, so that the same check runs before a run. The first half of the classes
+trains, the second half tests (zero-shot: test classes are unseen in training).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-_NUMERIC_PREFIX = re.compile(r"^(\d+)\.")
-
-FOLDER_LAYOUT_HELP = "expected <root>/<dataset>/images/<class folder>/<image files> (e.g. images/001.Black_footed_Albatross/x.jpg)"
-
-
-class DatasetError(ValueError):
-    """A dataset folder that is missing or malformed; the message names the path and the expected layout."""
+from engine.data import DatasetError, read_class_folders
 
 
 @dataclass
@@ -54,29 +45,6 @@ class Splits:
     test: ImageList
     val: ImageList | None = None
     info: dict = field(default_factory=dict)
-
-
-def read_class_folders(images_dir: Path) -> list[tuple[str, list[Path]]]:
-    """Sorted (class name, sorted image files) pairs of a class-folder tree; raises DatasetError."""
-    if not images_dir.is_dir():
-        raise DatasetError(f"dataset folder {images_dir} does not exist; {FOLDER_LAYOUT_HELP}")
-    folders = [p for p in images_dir.iterdir() if p.is_dir()]
-    if not folders:
-        raise DatasetError(f"{images_dir} has no class folders; {FOLDER_LAYOUT_HELP}")
-    if all(_NUMERIC_PREFIX.match(p.name) for p in folders):
-        folders.sort(key=lambda p: (int(_NUMERIC_PREFIX.match(p.name).group(1)), p.name))
-    else:
-        folders.sort(key=lambda p: p.name)
-    classes = []
-    for folder in folders:
-        # '._' files are macOS resource forks that ship inside the CUB archive.
-        files = sorted(
-            p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "._" not in p.name and p.is_file()
-        )
-        if not files:
-            raise DatasetError(f"class folder {folder} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        classes.append((folder.name, files))
-    return classes
 
 
 def image_list(classes: list[tuple[str, list[Path]]]) -> ImageList:
@@ -112,8 +80,6 @@ def split_by_samples(classes: list[tuple[str, list[Path]]], fraction: float) -> 
 def half_split(root: Path, *, use_tv_split: bool, by_samples: bool, fraction: float) -> Splits:
     """The CUB200/CARS196 protocol: first half of the classes train, second half test."""
     classes = read_class_folders(root / "images")
-    if len(classes) < 2:
-        raise DatasetError(f"{root / 'images'} has {len(classes)} class folder; at least 2 are needed for a train/test split")
     half = len(classes) // 2
     train_classes, test_classes = classes[:half], classes[half:]
     val = None

@@ -11,23 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from engine.data.folder import DatasetError, ImageList, Splits, image_list, split_by_samples
-
-SOP_LAYOUT_HELP = (
-    "expected <root>/online_products/images/<super>_final/<files> and "
-    "<root>/online_products/Info_Files/Ebay_train.txt, Ebay_test.txt"
-)
-_HEADER = ["image_id", "class_id", "super_class_id", "path"]
+from engine.data import SOP_LAYOUT_HELP, DatasetError, sop_info_file
+from engine.data.folder import ImageList, Splits, image_list, split_by_samples
 
 
 def read_info_file(root: Path, name: str) -> list[tuple[int, int, Path]]:
     """(class_id, super_class_id, image path) rows of one Ebay_*.txt file."""
-    info = root / "Info_Files" / name
-    if not info.is_file():
-        raise DatasetError(f"missing {info}; {SOP_LAYOUT_HELP}")
+    info = sop_info_file(root, name)
     lines = info.read_text().split("\n")
-    if lines[0].split() != _HEADER:
-        raise DatasetError(f"{info}: first line must be the header {' '.join(_HEADER)!r}, got {lines[0]!r}")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():

@@ -35,6 +35,7 @@ from dmltui.config_form import (
     split_tags,
     toml_literal,
 )
+from dmltui.gpus import resolve_request
 from dmltui.tui.screens.dialogs import ConfirmScreen
 from dmltui.tui.widgets.config_form import ConfigForm
 
@@ -49,7 +50,7 @@ CONTROL_HELP = {
     "nr-preset-list": "The preset to start from: up/down picks it (the form follows); tab goes on to the form",
     "nr-dataset": "Compose a dataset preset after the chosen one, as in `dmltui run margin-b12-d cub200`",
     "nr-seeds": "Seeds like 0-4 or 0,3,7 (one run per seed); empty: the preset's seeds",
-    "nr-gpus": "auto (each run queues for a free GPU), cpu, or GPU indices like 0,1",
+    "nr-gpus": "auto (each run queues for a free GPU), cpu, or GPU indices like 0,1; empty: auto if this machine has GPUs, else cpu",
     "nr-name": "Run name stem; -s<seed> is appended (sweeps add the grid values); empty: the preset's name",
     "nr-tags": "Tags of the new runs, comma-separated",
     "nr-grid": "Sweep grid: one KEY=V1,V2,... per line; the runs are the product of the lines x the seeds",
@@ -84,14 +85,14 @@ class Outcome:
 
 def _plan(request: Request):
     """plan_runs on the request; returns (planned runs, Outcome). Runs in a worker."""
-    from dmltui.launching import plan_runs
+    from dmltui.launching import device_problems, plan_runs
     from engine.config.presets import ConfigError
 
     planned = []
     try:
         planned, warnings = plan_runs(request.presets, request.overrides, seeds=request.seeds.strip() or None,
-                                      name=request.name.strip() or None, grid=request.grid or None)
-        outcome = Outcome([], warnings, [(run.name, run.grid, run.seed) for run in planned])
+                                      name=request.name.strip() or None, grid=request.grid or None, tags=request.tags)
+        outcome = Outcome(device_problems(planned, request.gpus), warnings, [(run.name, run.grid, run.seed) for run in planned])
     except ConfigError as error:
         outcome = Outcome(list(error.lines))
     except ValueError as error:
@@ -190,7 +191,8 @@ class NewRunScreen(Screen):
                 yield Label("seeds", classes="nr-caption")
                 yield Input(placeholder="", id="nr-seeds", compact=True)
                 yield Label("gpus", classes="nr-caption")
-                yield Input("auto", id="nr-gpus", compact=True, suggester=SuggestFromList(["auto", "cpu"]))
+                yield Input(placeholder=resolve_request(None), id="nr-gpus", compact=True,  # this machine's default
+                            suggester=SuggestFromList(["auto", "cpu"]))
                 yield Label("name", classes="nr-caption")
                 yield Input(placeholder="", id="nr-name", compact=True)
                 yield Label("tags", classes="nr-caption")
@@ -449,14 +451,15 @@ class NewRunScreen(Screen):
             found = form.overrides()
             overrides, local = found.overrides, dict(found.errors)
         seeds = self.query_one("#nr-seeds", Input).value
-        gpus = self.query_one("#nr-gpus", Input).value.strip() or "auto"
+        gpus = self.query_one("#nr-gpus", Input).value.strip() or None
         grid = grid_lines(self.query_one("#nr-grid", TextArea).text) if self.sweep else []
-        from dmltui.launching import check_gpus, parse_grid, parse_seeds  # imported by the workers by now
+        from dmltui.launching import parse_grid, parse_seeds  # imported by the workers by now
 
         try:
-            check_gpus(gpus)
+            gpus = resolve_request(gpus)
         except ValueError as error:
             local["gpus"] = str(error)
+            gpus = gpus or "cpu"
         if seeds.strip():
             try:
                 parse_seeds(seeds)
