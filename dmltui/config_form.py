@@ -166,10 +166,11 @@ def registry_choices() -> dict[str, list[str]]:
     """The names each registry offers (imports the engine's registries: torch; call it in a worker).
 
     One thread at a time: two threads importing torchvision for the first time break its circular imports."""
-    with ENGINE_IMPORT:
-        from engine import models, registries
+    with ENGINE_IMPORT:  # by_kind imports each kind's module on first use
+        from engine import models
+        from engine.registry import by_kind
 
-    found = {kind: registries.by_kind(kind).names() for kind in ("dataset", "augmentation", "loss", "miner", "sampler")}
+        found = {kind: by_kind(kind).names() for kind in ("dataset", "augmentation", "loss", "miner", "sampler")}
     found["architecture"] = [f"{backbone}{suffix}" for backbone in models.list_models() for suffix in ARCH_SUFFIXES]
     return found
 

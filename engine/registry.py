@@ -78,3 +78,20 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, Any]]:
         return sorted(self._entries.items())
+
+
+# The registry of each kind of part that configs name, by the module that defines it (imported on first use: the
+# modules import torch, and validating a config that names no such part must not).
+_REGISTRIES = {
+    "dataset": ("engine.data", "DATASETS"),
+    "augmentation": ("engine.data.transforms", "AUGMENTATIONS"),
+    "loss": ("engine.losses", "LOSSES"),
+    "miner": ("engine.miners", "MINERS"),
+    "sampler": ("engine.samplers", "SAMPLERS"),
+}
+
+
+def by_kind(kind: str) -> Registry:
+    """The registry of *kind* ("dataset", "augmentation", "loss", "miner" or "sampler")."""
+    module_name, attribute = _REGISTRIES[kind]
+    return getattr(importlib.import_module(module_name), attribute)

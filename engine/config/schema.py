@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from engine import registry
 from engine.registry import UnknownNameError
 
 
@@ -23,11 +24,9 @@ class Section(BaseModel):
 
 
 def _check_name(kind: str, name: str) -> str:
-    from engine import registries  # deferred: the registries import torch
-
-    registry = registries.by_kind(kind)
-    if name not in registry:
-        raise ValueError(str(UnknownNameError(kind, name, registry.names())))
+    known = registry.by_kind(kind)  # imports the kind's module (and torch) on first use
+    if name not in known:
+        raise ValueError(str(UnknownNameError(kind, name, known.names())))
     return name
 
 
