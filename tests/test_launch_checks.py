@@ -147,3 +147,23 @@ def test_unknown_and_ambiguous_ids_are_told_apart(isolated_env):
                              "give more of the id\n")
     result = dmltui("runs", "show", "2099")
     assert result.returncode == 3 and result.stderr == "error: no run with id '2099' (and no id starts with it)\n"
+
+
+def test_one_launch_is_one_store_write(tiny, monkeypatch):
+    from dmltui.launching import plan_runs, start_runs
+    from dmltui.store import AtomicJSONStorage
+
+    writes = []
+    real_flush = AtomicJSONStorage.flush
+    monkeypatch.setattr(AtomicJSONStorage, "flush", lambda self: writes.append(self._dirty) or real_flush(self))
+    planned, _ = plan_runs([tiny], [], seeds="0-2")
+    records = start_runs(planned, gpus="cpu", tags=["batch"])
+    assert writes.count(True) == 1  # three runs, their tags included: one write of the store file
+    stored = run_ops.open_store().all()
+    assert sorted(r["id"] for r in stored) == sorted(r["id"] for r in records)
+    assert all(r["tags"] == ["batch"] and r["state"] == "queued" for r in stored)
+    for record in records:  # the launchers are detached: wait for them, so that the test leaves nothing running
+        deadline = time.monotonic() + 120
+        while RunDir(record["run_dir"]).read_status().get("state") not in FINAL_STATES:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
