@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from engine import losses
 from engine.config.schema import Config
+from engine.losses.base import normalize_last, normalize_last_backward, unit_rows
 from engine.losses.histogram import soft_histogram
 
 NAMES = ["multisimilarity", "histogram", "proxynca", "softmax", "arcface", "softtriplet"]
@@ -430,3 +431,127 @@ def test_softtriplet_single_centre_has_no_regulariser():
     labels = torch.tensor([0, 1, 2, 0])
     logits = 4.0 * x @ loss.normalized_centres()[:, 0].T
     torch.testing.assert_close(loss(x, labels), F.cross_entropy(logits, labels))
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize("scale", [1.0, 18.0])
+def test_unit_rows_matches_f_normalize(scale):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(5, DIM, generator=g, dtype=torch.float64)
+    x[2] = 0.0  # stays zero
+    x[3] *= 1e-14  # norm below eps: divided by eps, as F.normalize does
+    upstream = torch.randn(5, DIM, generator=g, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = unit_rows(a, scale)
+    expected = scale * F.normalize(b, dim=1)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-15)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_normalize_last_and_its_backward_match_f_normalize():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 4, DIM, generator=g, dtype=torch.float64)
+    x[0, 1] = 0.0
+    x[1, 2] *= 1e-14
+    upstream = torch.randn(2, 4, DIM, generator=g, dtype=torch.float64)
+    unit, inverse, kept = normalize_last(x)
+    b = x.clone().requires_grad_()
+    expected = F.normalize(b, dim=-1)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(unit, expected.detach(), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(normalize_last_backward(upstream.clone(), unit, inverse, kept), b.grad,
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETRIC))
+def test_gradients_match_finite_differences(name):
+    """Also for inputs that are not unit vectors, and for the backwards written out by hand."""
+    _, labels = batch(2, seed=9)
+    labels = torch.tensor(labels)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(len(labels), DIM, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = make(name, seed=9)
+    param = getattr(loss, PARAMETRIC[name]).detach().clone().requires_grad_()
+
+    def value(x, param):
+        return torch.func.functional_call(loss, {PARAMETRIC[name]: param}, (x, labels))
+
+    assert torch.autograd.gradcheck(value, (x, param))
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("reg_weight", [0.0, 0.3])
+def test_softtriplet_matches_its_op_by_op_form(k, reg_weight):
+    params = {**PARAMS["softtriplet"], "n_centroids": k, "reg_weight": reg_weight}
+    loss = losses.create("softtriplet", num_classes=NUM_CLASSES, embed_dim=DIM, **params).double()
+    with torch.no_grad():
+        loss.centres.normal_(generator=torch.Generator().manual_seed(k))
+    x, labels = batch(3, seed=k)
+    labels = torch.tensor(labels)
+    x = (2.0 * x).requires_grad_()  # not unit vectors: SoftTriple uses x as given
+    value = loss(x, labels)
+    value.backward()
+
+    x_ref = x.detach().clone().requires_grad_()
+    weights, sims = loss.assignment(x_ref)
+    margin = loss.margin_delta * F.one_hot(labels, NUM_CLASSES).double()
+    expected = F.cross_entropy(loss.lambda_ * ((weights * sims).sum(2) - margin), labels)
+    expected = expected + reg_weight * loss.regulariser(torch.float64)
+    grad_x, grad_centres = torch.autograd.grad(expected, (x_ref, loss.centres))
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, grad_x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss.centres.grad, grad_centres, rtol=1e-10, atol=1e-12)
+
+
+def test_arcface_matches_its_op_by_op_form():
+    # Regular samples, one beyond pi - m (fallback), one on its class weight (cosine clamped for arccos).
+    x, labels = batch(2, seed=6)
+    loss = make("arcface", seed=6)
+    with torch.no_grad():
+        loss.weight[labels[0]] = -x[0] + 0.05 * loss.weight[labels[0]]
+        loss.weight[labels[2]] = 2.0 * x[2]
+    labels = torch.tensor(labels)
+    x = (3.0 * x).requires_grad_()  # not unit vectors: ArcFace normalises them
+    value = loss(x, labels)
+    value.backward()
+
+    x_ref = x.detach().clone().requires_grad_()
+    cos = loss.cosines(x_ref).detach()
+    assert cos[0, labels[0]] < loss.threshold and cos[2, labels[2]] > 1.0 - 1e-7
+    expected = F.cross_entropy(loss.logits(x_ref, labels), labels)
+    grad_x, grad_weight = torch.autograd.grad(expected, (x_ref, loss.weight))
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, grad_x, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss.weight.grad, grad_weight, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETRIC))
+def test_backward_twice_with_retained_graph(name):
+    loss = make(name, seed=4)
+    param = getattr(loss, PARAMETRIC[name])
+    x, labels = batch(2, seed=4)
+    x = x.clone().requires_grad_()
+    value = loss(x, torch.tensor(labels))
+    value.backward(retain_graph=True)
+    first = x.grad.clone(), param.grad.clone()
+    value.backward()  # the saved tensors were not overwritten by the first backward
+    torch.testing.assert_close(x.grad, 2 * first[0])
+    torch.testing.assert_close(param.grad, 2 * first[1])
+
+
+def test_proxynca_extreme_cosines_stay_finite():
+    # Logits at their bounds (+18 for the positive, -18 for the negatives): no overflow, exact value.
+    e = F.normalize(torch.ones(1, DIM), dim=1)
+    loss = losses.create("proxynca", num_classes=3, embed_dim=DIM)
+    with torch.no_grad():
+        loss.proxies.copy_(torch.cat([e, -e, -e]))
+    x = e.clone().requires_grad_()
+    value = loss(x, torch.tensor([0]))
+    value.backward()
+    assert value.item() == pytest.approx(-36 + math.log(2), abs=1e-4)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(loss.proxies.grad).all()
+

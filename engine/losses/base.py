@@ -9,6 +9,34 @@ from torch import nn
 
 from engine.miners import Miner
 
+NORM_EPS = 1e-12  # as F.normalize
+
+
+def unit_rows(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * F.normalize(x, dim=1)``: each row times scale / max(‖row‖, 1e-12).
+
+    Multiplying by a per-row reciprocal instead of dividing (and folding the scale into
+    it) gives the same values with a cheaper backward; the proxy losses call it per step.
+    """
+    inverse = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(NORM_EPS).reciprocal()
+    return x * (inverse if scale == 1.0 else inverse * scale)
+
+
+def normalize_last(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F.normalize over the last dimension for a backward written by hand (no autograd).
+
+    Returns (unit vectors, 1 / max(‖x‖, eps), ‖x‖ >= eps); the last two keep that dimension.
+    """
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    inverse = norm.clamp_min(NORM_EPS).reciprocal_()
+    return x * inverse, inverse, norm >= NORM_EPS
+
+
+def normalize_last_backward(grad: torch.Tensor, unit: torch.Tensor, inverse: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The gradient through :func:`normalize_last`, (g − u (uᵀg) [‖x‖ ≥ eps]) / max(‖x‖, eps); overwrites *grad*."""
+    radial = torch.linalg.vecdot(unit, grad).unsqueeze(-1).mul_(kept)
+    return grad.addcmul_(unit, radial, value=-1.0).mul_(inverse)
+
 
 class DMLLoss(nn.Module):
     """A loss called as ``loss(embeddings, labels) -> scalar``.
@@ -51,7 +79,10 @@ class DMLLoss(nn.Module):
         # Half-precision inputs (autocast) are upcast; float64 stays float64 (for exact checks).
         if embeddings.dtype != torch.float64:
             embeddings = embeddings.float()
-        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        device_type = embeddings.device.type
+        if not torch.is_autocast_enabled(device_type):  # entering the context costs more than a cheap loss step
+            return self.compute(embeddings, labels)
+        with torch.autocast(device_type=device_type, enabled=False):
             return self.compute(embeddings, labels)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

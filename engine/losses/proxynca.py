@@ -13,6 +13,15 @@ variant with the positive in the denominator (a plain softmax cross-entropy) is 
 The norm 3 of both sides is the scaling of the original code (and of the common ProxyNCA
 implementations); it acts as the softmax temperature. The loss can be negative.
 
+As both sides have norm 3, d_ic = 18 − 18·cos(x_i, p_c), and the constant 18 cancels
+between the two terms; the code evaluates the same loss as
+
+    L = mean_i [ −18 cos_{i,y_i} + log Σ_{c ≠ y_i} exp(18 cos_ic) ]
+
+on a cosine matrix (one matrix product; the logits lie within ±18, so the log-sum-exp
+needs no max shift). Only a proxy of norm < 1e-12 would differ: normalisation leaves it
+(near) zero, which this form treats as d = 18 (cosine 0) and the distance form as d = 9.
+
 Proxies are initialised from randn/8 and trained with lr = optim.lr × lrmulti (50 by
 default, i.e. 5e-4 with the original's base lr 1e-5), without weight decay, as in the
 original. Departures from the original code: none in the math. With a single class there
@@ -26,12 +35,43 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from engine.losses import LOSSES
-from engine.losses.base import DMLLoss
+from engine.losses.base import DMLLoss, normalize_last, normalize_last_backward
 from engine.miners import Miner
 
 SCALE = 3.0
+LOGIT_SCALE = 2.0 * SCALE**2  # 2 x̃ᵀp̃ = 18 cos
+
+
+class _ProxyNCA(torch.autograd.Function):
+    """The loss (cosine form, see the module docstring) in one autograd node, backward written out.
+
+    With a = 18 cos and the positive left out of the denominator, ∂L/∂a_ic = (softmax over
+    the negatives of row i)_c for c ≠ y_i and −1 for c = y_i, divided by B; recorded op by
+    op, autograd's graph of the same steps costs about a quarter more per step on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x, proxies, labels):
+        x_unit, x_inverse, x_kept = normalize_last(x)
+        p_unit, p_inverse, p_kept = normalize_last(proxies)
+        logits = F.linear(x_unit, p_unit).mul_(LOGIT_SCALE)
+        target = labels.unsqueeze(1)
+        negatives = logits.exp().scatter_(1, target, 0.0)  # |logits| <= 18: no overflow, no max shift needed
+        denominator = negatives.sum(1, keepdim=True)
+        ctx.save_for_backward(x_unit, x_inverse, x_kept, p_unit, p_inverse, p_kept, negatives, denominator, target)
+        return (denominator.log() - logits.gather(1, target)).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x_unit, x_inverse, x_kept, p_unit, p_inverse, p_kept, negatives, denominator, target = ctx.saved_tensors
+        grad_logits = negatives.div(denominator).scatter_(1, target, -1.0).mul_(grad * (LOGIT_SCALE / len(target)))
+        grad_x = normalize_last_backward(grad_logits @ p_unit, x_unit, x_inverse, x_kept)
+        grad_proxies = normalize_last_backward(grad_logits.T @ x_unit, p_unit, p_inverse, p_kept)
+        return grad_x, grad_proxies, None
 
 
 @LOSSES.register("proxynca")
@@ -50,11 +90,4 @@ class ProxyNCALoss(DMLLoss):
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.num_classes < 2:
             return self.zero(embeddings) + self.zero(self.proxies)
-        x = SCALE * F.normalize(embeddings, dim=1)
-        p = SCALE * F.normalize(self.proxies.to(embeddings.dtype), dim=1)
-        # ‖x̃ − p̃‖² = ‖x̃‖² + ‖p̃‖² − 2 x̃ᵀp̃ with both norms equal to SCALE (up to eps).
-        dist = (x.pow(2).sum(1, keepdim=True) + p.pow(2).sum(1)[None, :] - 2.0 * x @ p.T).clamp_min(0.0)
-        positive = F.one_hot(labels, self.num_classes).bool()
-        d_pos = dist.gather(1, labels[:, None]).squeeze(1)
-        log_denominator = torch.logsumexp((-dist).masked_fill(positive, float("-inf")), dim=1)
-        return (d_pos + log_denominator).mean()
+        return _ProxyNCA.apply(embeddings, self.proxies.to(embeddings.dtype), labels)
