@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import losses, miners
+from engine import catalog, losses, miners
 from engine.config.presets import bundled_presets_dir, resolve
 
 PEER_MS = {"triplet+distance": 15, "margin+distance": 16, "multisimilarity+none": 19, "lifted+lifted": 38,
@@ -67,7 +67,7 @@ def preset_pairs() -> list[tuple[str, str, bool]]:
         if "loss" not in raw:
             continue
         config = resolve([path.stem, "cub200"]).config
-        miner = config.miner.name if losses.uses_miner(config.loss.name) else "none"
+        miner = config.miner.name if catalog.uses_miner(config.loss.name) else "none"
         pairs[(config.loss.name, miner)] = config.model.arch.endswith("normalize")
     return [(loss, miner, normalised) for (loss, miner), normalised in sorted(pairs.items())]
 

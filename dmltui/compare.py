@@ -38,6 +38,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from engine.metric_names import display_name
+
 PAPER_METRICS = ("e_recall@1", "e_recall@2", "e_recall@4", "nmi", "f1", "mAP_c")
 GROUP_BUILTINS = ("preset", "name")
 _SEED_SUFFIX = re.compile(r"[-_]s\d+$")
@@ -47,8 +49,6 @@ _MISSING = object()
 _FRACTION_PREFIXES = ("e_recall@", "c_recall@")
 _FRACTION_NAMES = {"nmi", "f1", "mAP_c", "mAP_1000", "mAP_lim", "precision_at_1", "r_precision", "map_at_r",
                    "mean_reciprocal_rank", "ami"}
-_SHORT = {"nmi": "NMI", "ami": "AMI", "f1": "F1", "precision_at_1": "P@1", "r_precision": "RP", "map_at_r": "MAP@R",
-          "mean_reciprocal_rank": "MRR"}
 
 
 class MetricNotLogged(ValueError):
@@ -96,17 +96,6 @@ def _same(a: Any, b: Any) -> bool:
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def metric_label(name: str) -> str:
-    """e_recall@1 -> R@1, c_recall@4 -> cR@4, nmi -> NMI; mirrors engine.metrics.names.display_name
-    (which would import torch)."""
-    base, sep, k = name.partition("@")
-    if sep and base in ("e_recall", "c_recall"):
-        return f"{'R' if base == 'e_recall' else 'cR'}@{k}"
-    if name.startswith("c_") and name[2:] in _SHORT:
-        return "c" + _SHORT[name[2:]]
-    return _SHORT.get(name, name)
 
 
 def is_fraction(metric: str) -> bool:
@@ -351,7 +340,7 @@ def _display(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None, labe
              pm: str) -> TableRows:
     metrics = _metrics_of(rows, metrics)
     labels = labels or {}
-    label = lambda m: labels.get(m, metric_label(m))  # noqa: E731
+    label = lambda m: labels.get(m, display_name(m))  # noqa: E731
     marked = best_cells(rows, metrics)
     if _is_groups(rows):
         with_dataset = _many_datasets(rows)

@@ -163,15 +163,11 @@ def field_specs(schema: dict[str, Any] | None = None, choices: dict[str, list[st
 
 
 def registry_choices() -> dict[str, list[str]]:
-    """The names each registry offers (imports the engine's registries: torch; call it in a worker).
+    """The names each registry offers, from engine.catalog: no torch, so the form is ready at once."""
+    from engine import catalog
 
-    One thread at a time: two threads importing torchvision for the first time break its circular imports."""
-    with ENGINE_IMPORT:  # by_kind imports each kind's module on first use
-        from engine import models
-        from engine.registry import by_kind
-
-        found = {kind: by_kind(kind).names() for kind in ("dataset", "augmentation", "loss", "miner", "sampler")}
-    found["architecture"] = [f"{backbone}{suffix}" for backbone in models.list_models() for suffix in ARCH_SUFFIXES]
+    found = {kind: catalog.names(kind) for kind in ("dataset", "augmentation", "loss", "miner", "sampler")}
+    found["architecture"] = [f"{backbone}{suffix}" for backbone in catalog.names("architecture") for suffix in ARCH_SUFFIXES]
     return found
 
 

@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dmltui.compare import group_runs, group_summary, logged_metrics, metric_label, to_latex, to_markdown
+from dmltui.compare import group_runs, group_summary, logged_metrics, to_latex, to_markdown
 from engine.io import atomic_write_bytes, atomic_write_text
+from engine.metric_names import display_name
 from engine.rundir import RunDir
 
 TABLE_METRICS = ("e_recall@1", "e_recall@2", "f1", "mAP_c", "nmi")
@@ -40,7 +41,7 @@ MIN_GROUPS = 3  # a line through two points always has |r| = 1
 
 
 def label(metric: str) -> str:
-    return LABELS.get(metric, metric_label(metric))
+    return LABELS.get(metric, display_name(metric))
 
 
 def safe_name(text: str) -> str:

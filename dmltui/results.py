@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def display_name(metric: str) -> str:
-    from engine.metrics.names import display_name as short  # deferred: engine.metrics loads torch
-
-    return short(metric)
+from engine.metric_names import display_name
 
 
 def eval_records(records: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:

@@ -81,17 +81,18 @@ class Registry(Generic[T]):
 
 
 # The registry of each kind of part that configs name, by the module that defines it (imported on first use: the
-# modules import torch, and validating a config that names no such part must not).
-_REGISTRIES = {
+# modules import torch; engine.catalog knows their names without them).
+REGISTRY_MODULES = {
     "dataset": ("engine.data", "DATASETS"),
     "augmentation": ("engine.data.transforms", "AUGMENTATIONS"),
     "loss": ("engine.losses", "LOSSES"),
     "miner": ("engine.miners", "MINERS"),
     "sampler": ("engine.samplers", "SAMPLERS"),
+    "architecture": ("engine.models", "ARCHITECTURES"),
 }
 
 
 def by_kind(kind: str) -> Registry:
-    """The registry of *kind* ("dataset", "augmentation", "loss", "miner" or "sampler")."""
-    module_name, attribute = _REGISTRIES[kind]
+    """The registry of *kind* (a key of REGISTRY_MODULES: "dataset", "loss", "architecture"...)."""
+    module_name, attribute = REGISTRY_MODULES[kind]
     return getattr(importlib.import_module(module_name), attribute)

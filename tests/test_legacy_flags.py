@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import types
 
 import pytest
 
@@ -248,28 +246,15 @@ def nest(dotted: str | None, value) -> dict:
 # ------------------------------------------------------------------ schema validation
 
 
-class _Anything:
-    """A registry stand-in that knows every name."""
-
-    def __contains__(self, name: object) -> bool:
-        return True
-
-    def names(self) -> list[str]:
-        return []
-
-
 @pytest.fixture
 def stub_registries(monkeypatch):
     """Replace the name checks of the schema by permissive stubs: types and ranges still validate."""
-    monkeypatch.setattr(engine.registry, "by_kind", lambda kind: _Anything())
-    stubs = {
-        "losses": types.SimpleNamespace(check_miner_compatibility=lambda loss, miner: None),
-        "metrics": types.SimpleNamespace(check_metric_name=lambda name: name),
-        "models": types.SimpleNamespace(parse_arch=lambda arch: arch),
-    }
-    for name, stub in stubs.items():
-        monkeypatch.setitem(sys.modules, f"engine.{name}", stub)
-        monkeypatch.setattr(engine, name, stub, raising=False)
+    from engine import catalog, metric_names
+
+    monkeypatch.setattr(catalog, "check_name", lambda kind, name: name)
+    monkeypatch.setattr(catalog, "check_miner", lambda loss, miner: None)
+    monkeypatch.setattr(catalog, "parse_arch", lambda arch: arch)
+    monkeypatch.setattr(metric_names, "check_metric_name", lambda name: name)
 
 
 def _validate(overrides: dict):

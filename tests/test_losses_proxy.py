@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import losses
+from engine import catalog, losses
 from engine.config.schema import Config
 from engine.losses.base import normalize_last, normalize_last_backward, unit_rows
 from engine.losses.histogram import soft_histogram
@@ -319,7 +319,7 @@ def test_built_from_config(name):
     overrides = {"softtriplet": {"lambda": 3.0}}.get(name, {})
     config = Config(loss={"name": name, name: overrides})
     loss = losses.from_config(config, num_classes=7)
-    assert loss.name == name and loss.miner is None and not losses.uses_miner(name)
+    assert loss.name == name and loss.miner is None and not catalog.uses_miner(name)
     if name == "softtriplet":
         assert loss.lambda_ == 3.0 and loss.centres.shape == (config.model.embed_dim, 14)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import losses, miners
+from engine import catalog, losses, miners
 from engine.config.schema import Config
 from engine.miners.base import AnchorSets, Miner, Triplets
 
@@ -332,13 +332,13 @@ def test_losses_declare_their_miner_outputs_and_build_from_config():
     config = Config()
     for name in TRIPLET_LOSSES:
         assert losses.LOSSES.get(name).MINER_OUTPUTS == ("triplets",)
-        losses.check_miner_compatibility(name, "distance")
+        catalog.check_miner(name, "distance")
         with pytest.raises(ValueError):
-            losses.check_miner_compatibility(name, "npair")
+            catalog.check_miner(name, "npair")
     for name, miner in SET_LOSSES.items():
-        losses.check_miner_compatibility(name, miner)
+        catalog.check_miner(name, miner)
         with pytest.raises(ValueError):
-            losses.check_miner_compatibility(name, "distance")
+            catalog.check_miner(name, "distance")
     for name in ALL_LOSSES:
         cls = losses.LOSSES.get(name)
         assert cls.REQUIRES_MINER

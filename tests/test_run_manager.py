@@ -114,8 +114,10 @@ def test_kill_9_is_crashed_within_10_s_and_resume_continues(tiny):
 @pytest.mark.slow
 def test_sighup_to_the_launching_shell_leaves_runs_running(tiny):
     cli = str(Path(sys.executable).with_name("dmltui"))
+    # SIGHUP as a login shell has it (a runner started under nohup would hand down "ignore" and the CLI would not end)
     shell = subprocess.Popen([cli, "run", tiny, "--set", "optim.epochs=400", "--gpus", "cpu", "--follow"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=REPO, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=REPO, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     from dmltui.runs import open_store
 
     record = wait_for(lambda: (open_store().all() or [None])[0], 60, interval=0.5)

@@ -17,6 +17,7 @@ from typing import Any
 from dmltui import compare as cmp
 from dmltui.monitor import metrics_tail
 from dmltui.tui.run_view import LOSS_KEY, column_label, fold_records, last_metrics, series
+from engine.metric_names import display_name
 
 EXPORT_FORMATS = {"csv": "csv", "markdown": "md", "latex": "tex"}  # format -> file extension
 DEFAULT_EXPORT_STEM = "dmltui-compare"
@@ -64,7 +65,7 @@ def runs_table(records: Sequence[dict[str, Any]], metrics: Sequence[str], split:
 
     *lasts* maps run id -> ``last_metrics`` of its metrics.jsonl rows."""
     rows = cmp.comparison(records, metrics, split)
-    table = cmp.to_table_rows(rows, metrics, labels={m: f"best {cmp.metric_label(m)}" for m in metrics})
+    table = cmp.to_table_rows(rows, metrics, labels={m: f"best {display_name(m)}" for m in metrics})
     column = {header: c for c, header in enumerate(table.headers)}
     out = [TransposedRow("state", [r["state"] or "-" for r in rows], set()),
            TransposedRow("epoch", [f"{rec.get('epoch') or 0}/{rec.get('epochs') or '?'}" for rec in records], set())]
@@ -74,10 +75,10 @@ def runs_table(records: Sequence[dict[str, Any]], metrics: Sequence[str], split:
                  for r in rows]
     last_best = cmp.best_cells(last_rows, metrics)
     for metric in metrics:
-        c = column[f"best {cmp.metric_label(metric)} (epoch)"]
+        c = column[f"best {display_name(metric)} (epoch)"]
         out.append(TransposedRow(table.headers[c], [line[c] for line in table.rows],
                                  {r for r in range(len(rows)) if (r, c) in table.bold}))
-        out.append(TransposedRow(f"last {cmp.metric_label(metric)} (epoch)",
+        out.append(TransposedRow(f"last {display_name(metric)} (epoch)",
                                  [entry_text(metric, row["metrics"][metric]) for row in last_rows],
                                  {r for r, m in last_best if m == metric}))
     return out

@@ -21,10 +21,11 @@ from typing import Any
 
 from rich.text import Text
 
-from dmltui.compare import PAPER_METRICS, flatten_config, metric_label
+from dmltui.compare import PAPER_METRICS, flatten_config
 from dmltui.listing import duration_seconds
 from dmltui.monitor import epoch_rows, log_tail, metrics_tail
 from dmltui.tui.format import duration_text, metric_text, progress_text, state_text
+from engine.metric_names import display_name
 
 EVAL_SPLITS = ("val", "test", "train")  # column order of the evaluated splits
 # what a "train" record logs; an evaluation on the train split logs metric names under the same "train/" prefix
@@ -69,7 +70,7 @@ def column_label(key: str) -> str:
     if key == LOSS_KEY:
         return "loss"
     split, name = split_of(key)
-    return f"{split} {metric_label(name)}"
+    return f"{split} {display_name(name)}"
 
 
 def row_cells(row: dict[str, Any], columns: Sequence[str]) -> list[Text]:

@@ -32,6 +32,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ValidationError
 
+from engine import catalog
 from engine.config.schema import Config, DataConfig
 from engine.registry import did_you_mean
 
@@ -279,10 +280,8 @@ def resolve(
 
 def config_warnings(config: Config, sources: dict[str, str]) -> list[str]:
     """Valid but probably unintended settings (one line each)."""
-    from engine import losses
-
     warnings = []
-    if "miner.name" in sources and not losses.uses_miner(config.loss.name):
+    if "miner.name" in sources and not catalog.uses_miner(config.loss.name):
         warnings.append(
             f"{sources['miner.name']}: miner.name={config.miner.name!r} is ignored: loss {config.loss.name!r} does not use a miner"
         )

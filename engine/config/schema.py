@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from engine import registry
-from engine.registry import UnknownNameError
+from engine import catalog, metric_names
 
 
 class Section(BaseModel):
@@ -24,10 +23,7 @@ class Section(BaseModel):
 
 
 def _check_name(kind: str, name: str) -> str:
-    known = registry.by_kind(kind)  # imports the kind's module (and torch) on first use
-    if name not in known:
-        raise ValueError(str(UnknownNameError(kind, name, known.names())))
-    return name
+    return catalog.check_name(kind, name)  # without torch while the registries' modules are not loaded
 
 
 # --------------------------------------------------------------------------- data
@@ -93,9 +89,7 @@ class ModelConfig(Section):
     @field_validator("arch")
     @classmethod
     def _arch_known(cls, v: str) -> str:
-        from engine import models
-
-        models.parse_arch(v)  # raises ValueError naming the allowed backbones and modifiers
+        catalog.parse_arch(v)  # raises ValueError naming the allowed backbones and modifiers
         return v
 
 
@@ -343,10 +337,8 @@ class EvalConfig(Section):
     @field_validator("metrics", "storage_metrics")
     @classmethod
     def _metrics_known(cls, v: list[str]) -> list[str]:
-        from engine import metrics
-
         for name in v:
-            metrics.check_metric_name(name)
+            metric_names.check_metric_name(name)
         return v
 
     @model_validator(mode="after")
@@ -403,9 +395,7 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _loss_accepts_miner(self) -> Config:
-        from engine import losses
-
-        losses.check_miner_compatibility(self.loss.name, self.miner.name)
+        catalog.check_miner(self.loss.name, self.miner.name)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.losses.base import DMLLoss
-from engine.miners import MINERS, Miner
+from engine.miners import Miner
 from engine.registry import Registry, import_package_modules
 
 LOSSES: Registry[type[DMLLoss]] = Registry("loss")
@@ -37,21 +37,6 @@ def from_config(config, num_classes: int) -> DMLLoss:
     return loss_cls.from_config(config, num_classes, miner)
 
 
-def uses_miner(loss_name: str) -> bool:
-    return LOSSES.get(loss_name).REQUIRES_MINER
-
-
-def check_miner_compatibility(loss_name: str, miner_name: str) -> None:
-    """ValueError when the loss cannot use the miner's tuples (names both and what is allowed)."""
-    loss_cls = LOSSES.get(loss_name)
-    if not loss_cls.REQUIRES_MINER:
-        return
-    miner_cls = MINERS.get(miner_name)
-    if miner_cls.OUTPUT not in loss_cls.MINER_OUTPUTS:
-        allowed = [n for n, cls in MINERS.items() if cls.OUTPUT in loss_cls.MINER_OUTPUTS]
-        raise ValueError(f"miner.name={miner_name!r} cannot feed loss.name={loss_name!r}; allowed miners: {', '.join(allowed)}")
-
-
 import_package_modules(__name__, __path__)  # each module registers its loss by name
 
-__all__ = ["LOSSES", "DMLLoss", "check_miner_compatibility", "create", "from_config", "list_losses", "uses_miner"]
+__all__ = ["LOSSES", "DMLLoss", "create", "from_config", "list_losses"]

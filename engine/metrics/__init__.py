@@ -116,11 +116,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.metric_names import MetricSpec, check_metric_name, display_name, list_metrics, parse_metric_name
 from engine.metrics.backends import BACKENDS, faiss_kmeans, resolve_backend
 from engine.metrics.clustering import ami, nmi, pair_f1
 from engine.metrics.dists import inter_class_distance, intra_class_distance
 from engine.metrics.lloyd import DEFAULT_ITERATIONS, assign, kmeans, kmeans_plus_plus_centroids
-from engine.metrics.names import MetricSpec, check_metric_name, display_name, list_metrics, parse_metric_name
 from engine.metrics.neighbours import knn
 from engine.metrics.retrieval import retrieval_pass
 from engine.metrics.spectrum import rho_spectrum, singular_values

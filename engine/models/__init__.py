@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.registry import Registry, did_you_mean
-
-MODIFIERS = ("frozen", "normalize", "double", "he")
+from engine.catalog import ArchSpec, parse_arch
+from engine.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -39,32 +38,6 @@ class Backbone:
 
 
 ARCHITECTURES: Registry[Backbone] = Registry("architecture")
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    backbone: str
-    modifiers: frozenset[str]
-
-
-def parse_arch(arch: str) -> ArchSpec:
-    """Split ``resnet50_frozen_normalize`` into backbone and modifiers; ValueError naming what is allowed."""
-    names = ARCHITECTURES.names()
-    backbone = next((n for n in sorted(names, key=len, reverse=True) if arch == n or arch.startswith(n + "_")), None)
-    if backbone is None:
-        head = arch.split("_")[0]
-        raise ValueError(
-            f"unknown architecture {arch!r}{did_you_mean(head, names)}; allowed: "
-            f"{', '.join(names)} followed by modifiers _{', _'.join(MODIFIERS)}"
-        )
-    tokens = [t for t in arch[len(backbone) :].split("_") if t]
-    unknown = [t for t in tokens if t not in MODIFIERS]
-    if unknown:
-        raise ValueError(
-            f"unknown modifier {unknown[0]!r} in architecture {arch!r}{did_you_mean(unknown[0], MODIFIERS)}; "
-            f"allowed modifiers: {', '.join(MODIFIERS)}"
-        )
-    return ArchSpec(backbone, frozenset(tokens))
 
 
 def list_models() -> list[str]:

@@ -1,8 +1,9 @@
 """The new-run screen: pick a preset, edit overrides in a form built from the config's schema, launch runs or a sweep.
 
 Everything slow happens in workers: reading the presets, building the field list from the JSON
-schema, loading the engine's registries (the select choices; this imports torch), resolving the
-highlighted preset and validating the form. Validation and launching call the CLI's own
+schema, reading the select choices (engine.catalog: the registries' names without torch, so the
+form is ready within a second of opening, cold), resolving the highlighted preset and validating
+the form. Validation and launching call the CLI's own
 ``dmltui.launching.plan_runs``/``start_runs``: the same error lines, the same runs.
 """
 
@@ -239,7 +240,7 @@ class NewRunScreen(Screen):
 
         specs = field_specs()
         self.app.call_from_thread(self._schema_loaded, specs)
-        choices = registry_choices()  # imports torch: seconds the first time
+        choices = registry_choices()
         self.app.call_from_thread(self._choices_loaded, choices)
 
     def _presets_loaded(self, entries: list[tuple[str, str]]) -> None:
@@ -262,7 +263,7 @@ class NewRunScreen(Screen):
         if not self.is_attached:
             return  # left before loading finished
         self.specs = specs
-        self.query_one("#nr-loading", Static).update("loading the engine's registries (the first time takes a few seconds)…")
+        self.query_one("#nr-loading", Static).update("resolving the preset…")
         self._ensure_form()
 
     def _ensure_form(self) -> None:
@@ -283,7 +284,7 @@ class NewRunScreen(Screen):
         if form is not None:
             form.set_choices(choices)
         self._dataset_options()
-        self.schedule_validation()
+        self.schedule_validation(delay=0)
 
     def _dataset_options(self) -> None:
         """The dataset presets (presets named after a dataset), once both the presets and the registries are known."""
@@ -359,10 +360,8 @@ class NewRunScreen(Screen):
     @work(thread=True, exclusive=True, group="resolve", exit_on_error=False)
     def resolve_preset(self, presets: list[str]) -> None:
         from dmltui import home
-        from dmltui.config_form import registry_choices
         from engine.config.presets import ConfigError, resolve
 
-        registry_choices()  # validation imports the registries: one thread at a time
         try:
             resolved = resolve(presets, library=home.preset_library())
             result: dict[str, Any] = {"description": resolved.description, "seeds": resolved.seeds, "chain": resolved.chain,
@@ -394,7 +393,7 @@ class NewRunScreen(Screen):
                 self._ensure_form()
         self._show_info()
         self.update_count()
-        self.schedule_validation()
+        self.schedule_validation(delay=0)
 
     def _show_info(self) -> None:
         info = self.query_one("#nr-info", Static)
@@ -508,7 +507,8 @@ class NewRunScreen(Screen):
         return Text.assemble(("✓ valid", "bold green"), f" · {overrides} override{'s' if overrides != 1 else ''}{warn}")
 
     # ------------------------------------------------------------------ validation
-    def schedule_validation(self) -> None:
+    def schedule_validation(self, delay: float = VALIDATE_DELAY) -> None:
+        """Validate after *delay* seconds without another change (typing waits; a preset just resolved does not)."""
         self.generation += 1
         if self._validate_timer is not None:
             self._validate_timer.stop()
@@ -516,7 +516,7 @@ class NewRunScreen(Screen):
             self.update_count()
             return
         self.update_count()
-        self._validate_timer = self.set_timer(VALIDATE_DELAY, self._validate_now)
+        self._validate_timer = self.set_timer(delay, self._validate_now)
 
     def _validate_now(self) -> None:
         if self.resolved is None or not self.choices:

@@ -19,7 +19,6 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from textual_plotext import PlotextPlot
 
 from dmltui import runs as run_ops
-from dmltui.compare import metric_label
 from dmltui.listing import LIVE_STATES
 from dmltui.tui.format import tab_bindings
 from dmltui.tui.run_view import (
@@ -41,6 +40,7 @@ from dmltui.tui.run_view import (
     split_curves,
 )
 from dmltui.tui.screens.dialogs import ConfirmScreen
+from engine.metric_names import display_name
 
 RUN_POLL_SECONDS = 0.5
 TABS = {"metrics": "1 Metrics", "curves": "2 Curves", "log": "3 Log", "config": "4 Config", "checkpoints": "5 Checkpoints"}
@@ -267,7 +267,7 @@ class RunScreen(Screen):
         if self.metric not in choices:
             self.metric = "e_recall@1" if "e_recall@1" in choices else (choices[0] if choices else None)
         curves = split_curves(rows, self.metric) if self.metric else {}
-        title = metric_label(self.metric) if self.metric else "metrics"
+        title = display_name(self.metric) if self.metric else "metrics"
         draw_curves(self.query_one("#metric-plot", PlotextPlot), curves, title, SPLIT_COLOURS)
 
     @work(thread=True, group="run-config", exit_on_error=False)

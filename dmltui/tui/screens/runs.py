@@ -10,11 +10,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from dmltui.compare import logged_metrics, metric_label
+from dmltui.compare import logged_metrics
 from dmltui.listing import matches, parse_filter, sort_runs
 from dmltui.tui.format import RUN_COLUMNS, run_cells
 from dmltui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from dmltui.tui.widgets.gpu_panel import GpuPanel
+from engine.metric_names import display_name
 
 LIVE = ("queued", "running")
 
@@ -158,7 +159,7 @@ class RunsScreen(Screen):
         fields = {field for field, _ in choices}
         for metric in logged_metrics(self.app.monitor.runs()):
             if metric not in fields:
-                choices.append((metric, f"best {metric_label(metric)}"))
+                choices.append((metric, f"best {display_name(metric)}"))
         self.app.push_screen(ChoiceScreen("Sort by", choices, current=self.sort_field), self._sort_chosen)
 
     def _sort_chosen(self, field: str | None) -> None:
