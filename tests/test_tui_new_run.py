@@ -317,3 +317,30 @@ def test_snapshot_new_run_with_errors_120x40(few_presets, snap_compare):
         await pilot.pause(0.2)
 
     assert snap_compare(_snapshot_app(), terminal_size=(120, 40), run_before=run_before)
+
+
+def test_tabs_are_built_when_opened_and_keep_what_was_set_before(isolated_env):
+    from textual.widgets import TabbedContent
+
+    from dmltui.tui.app import DmlTuiApp
+
+    async def scenario():
+        app = DmlTuiApp(poll_seconds=0.2)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_new_run(app, pilot)
+            form = screen.form
+            assert {row.spec.section for row in form.rows()} == {form.sections[0]}  # only the first tab is built
+            form.set_value("optim.epochs", "3")  # a tab not opened yet
+            assert form.values()["optim.epochs"] == "3" and form.values()["optim.lr"] == str(screen.baseline["optim.lr"])
+            assert "optim.epochs=3" in form.overrides().overrides
+            tabs = form.query_one(TabbedContent)
+            assert str(tabs.get_tab("section-optim").label) == "optim*"
+            tabs.active = "section-optim"
+            await until(pilot, lambda: "optim.epochs" in {row.spec.key for row in form.rows()}
+                        and form.row("optim.epochs").is_mounted, what="the optim tab built")
+            await pilot.pause()
+            row = form.row("optim.epochs")
+            assert row.get_raw() == "3" and row.edited and "* epochs" in str(row.query_one(".field-label").render())
+            assert form.row("optim.lr").get_raw() == str(screen.baseline["optim.lr"]) and not form.row("optim.lr").edited
+
+    asyncio.run(scenario())

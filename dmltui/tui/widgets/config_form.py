@@ -5,6 +5,11 @@ numbers are restricted inputs, booleans are ``[x]`` toggles, names from a regist
 selects, lists are comma-separated text. Each field shows the preset's resolved value until it is
 edited; an edited field is marked ``*`` (and its tab too) and becomes a ``--set`` override. The
 validator's messages appear under the field they name.
+
+Only the first tab's fields are built and mounted with the form; each other tab's when it is first
+opened. A hundred-odd rows of widgets cost Textual about a second to build, mount and style, and the
+form must be usable within one. Until its tab is opened, a field reads as the preset's value (or what
+``set_value`` gave it), and its choices, value and message are applied when it mounts.
 """
 
 from __future__ import annotations
@@ -191,41 +196,88 @@ class ConfigForm(Vertical):
         self.sections = list(dict.fromkeys(s.section for s in self.specs))
         self.baseline: dict[str, Any] = dict(baseline)
         self.errors: dict[str, str] = {}
-        self.ready = False  # every tab and field mounted
+        self.ready = False  # the first tab's fields are mounted and show the form's state
         self.choices: dict[str, list[str]] = {}
-        self._rows = [FieldRow(spec, baseline.get(spec.key, spec.default)) for spec in self.specs]
+        self._rows: dict[str, FieldRow] = {}  # the fields of the tabs opened so far
+        self._pending: dict[str, str | bool] = {}  # set_value on fields whose tab is not open yet
+        self._opened: set[str] = set()
+
+    def _open(self, section: str) -> list[FieldRow]:
+        """The rows of *section*, made now (building a field's widgets costs milliseconds: only opened tabs pay)."""
+        self._opened.add(section)
+        rows = [FieldRow(spec, self.baseline.get(spec.key, spec.default)) for spec in self.specs if spec.section == section]
+        self._rows.update((row.spec.key, row) for row in rows)
+        return rows
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="sections"):
-            for section in self.sections:
-                with TabPane(section, id=f"section-{section}"), Section(classes="section"):
-                    yield from (row for row in self._rows if row.spec.section == section)
+            for index, section in enumerate(self.sections):
+                with TabPane(section, id=f"section-{section}"):
+                    yield Section(*(self._open(section) if index == 0 else ()), classes="section", id=f"fields-{section}")
 
     def on_mount(self) -> None:
         self.call_after_refresh(self._now_ready)
 
     def _now_ready(self) -> None:
         self.ready = True
-        self.set_choices(self.choices)
-        self.set_baseline(self.baseline)
-        self.show_errors(self.errors)
+        self._apply_state(self._live_rows())
+
+    @on(TabbedContent.TabActivated)
+    async def _tab_opened(self, event: TabbedContent.TabActivated) -> None:
+        section = (event.pane.id or "").removeprefix("section-")
+        if section in self._opened or section not in self.sections:
+            return
+        rows = self._open(section)
+        await self.query_one(f"#fields-{section}", Section).mount_all(rows)
+        self._apply_state(rows)
+
+    def _apply_state(self, rows: list[FieldRow]) -> None:
+        """Bring newly mounted rows up to the form's state: choices, value, mark, message."""
+        if not self.ready:
+            return
+        for row in rows:
+            key = row.spec.key
+            if row.spec.registry in self.choices:
+                row.set_options(self.choices[row.spec.registry])
+            if key in self._pending:
+                row.set_raw(self._pending.pop(key))
+            elif not row.edited:
+                row.set_raw(display_value(row.spec, self.baseline.get(key)))
+            row.mark(bool(self.baseline) and is_changed(row.spec, row.get_raw(), self.baseline.get(key)))
+            row.show_error(self.errors.get(key))
+        self.update_visibility()
+        self._tab_labels(self._edited_sections())
 
     # ------------------------------------------------------------------ access
     def row(self, key: str) -> FieldRow:
-        return next(row for row in self._rows if row.spec.key == key)
+        return self._rows[key]
 
     def rows(self) -> list[FieldRow]:
-        return list(self._rows)
+        return list(self._rows.values())
+
+    def _live_rows(self) -> list[FieldRow]:
+        return [row for row in self._rows.values() if row.is_mounted]
+
+    def value(self, key: str) -> str | bool:
+        """What the field holds, or (its tab not opened yet) what it will show."""
+        row = self._rows.get(key)
+        if row is not None and row.is_mounted:
+            return row.get_raw()
+        return self._pending.get(key, display_value(self.by_key[key], self.baseline.get(key)))
 
     def values(self) -> dict[str, str | bool]:
-        return {row.spec.key: row.get_raw() for row in self.rows()}
+        return {key: self.value(key) for key in self.by_key}
 
     def overrides(self):
         return form_overrides(self.specs, self.values(), self.baseline)
 
     def set_value(self, key: str, raw: str | bool) -> None:
         """Set a field as if typed."""
-        row = self.row(key)
+        row = self._rows.get(key)
+        if row is None or not row.is_mounted:
+            self._pending[key] = raw
+            self._tab_labels(self._edited_sections())
+            return
         row.set_raw(raw)
         if self.ready and self.baseline:
             row.mark(is_changed(row.spec, raw, self.baseline.get(key)))
@@ -236,45 +288,49 @@ class ConfigForm(Vertical):
         self.baseline = dict(baseline)
         if not self.ready:
             return  # applied once mounted
-        for row in self.rows():
+        for row in self._live_rows():
             if not row.edited:
                 row.set_raw(display_value(row.spec, baseline.get(row.spec.key)))
         self.refresh_marks()
 
     def reset(self, key: str) -> None:
         spec = self.by_key[key]
-        self.row(key).set_raw(display_value(spec, self.baseline.get(key)))
+        self._pending.pop(key, None)
+        if key in self._rows and self._rows[key].is_mounted:
+            self._rows[key].set_raw(display_value(spec, self.baseline.get(key)))
 
     def set_choices(self, choices: dict[str, list[str]]) -> None:
         self.choices = dict(choices)
         if not self.ready:
             return
-        for row in self.rows():
+        for row in self._live_rows():
             if row.spec.registry in choices:
                 row.set_options(choices[row.spec.registry])
 
     # ------------------------------------------------------------------ marks, errors, visibility
+    def _edited_sections(self) -> set[str]:
+        edited = {row.spec.section for row in self._live_rows() if row.edited}
+        return edited | {self.by_key[key].section for key, raw in self._pending.items()
+                         if is_changed(self.by_key[key], raw, self.baseline.get(key))}
+
     def refresh_marks(self) -> None:
         if not self.ready:
             return
-        edited_sections: set[str] = set()
-        for row in self.rows():
+        for row in self._live_rows():
             edited = bool(self.baseline) and is_changed(row.spec, row.get_raw(), self.baseline.get(row.spec.key))
             if edited != row.edited:
                 row.mark(edited)
-            if edited:
-                edited_sections.add(row.spec.section)
-        self._tab_labels(edited_sections)
+        self._tab_labels(self._edited_sections())
 
     def show_errors(self, errors: dict[str, str]) -> None:
         """*errors*: key -> message (one per field); every other field's message is cleared."""
         self.errors = dict(errors)
         if not self.ready:
             return
-        for row in self.rows():
+        for row in self._live_rows():
             row.show_error(errors.get(row.spec.key))
         self.update_visibility()
-        self._tab_labels({row.spec.section for row in self.rows() if row.edited})
+        self._tab_labels(self._edited_sections())
 
     def _tab_labels(self, edited_sections: set[str]) -> None:
         if not self.ready:
@@ -290,8 +346,8 @@ class ConfigForm(Vertical):
 
     def update_visibility(self) -> None:
         """Only the chosen loss's and miner's parameters are shown (and any edited or failing one)."""
-        names = {key: str(self.row(key).get_raw()) for key in NAMED_PARTS.values() if key in self.by_key}
-        for row in self.rows():
+        names = {key: str(self.value(key)) for key in NAMED_PARTS.values() if key in self.by_key}
+        for row in self._live_rows():
             row.display = visible(row.spec, names) or row.edited or row.spec.key in self.errors
 
     # ------------------------------------------------------------------ events
@@ -304,7 +360,7 @@ class ConfigForm(Vertical):
             edited = is_changed(row.spec, row.get_raw(), self.baseline.get(key))
             if edited != row.edited:
                 row.mark(edited)
-                self._tab_labels({r.spec.section for r in self.rows() if r.edited})
+                self._tab_labels(self._edited_sections())
         if key in NAMED_PARTS.values():
             self.update_visibility()
         self.post_message(self.Changed(key))
