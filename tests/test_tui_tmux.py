@@ -1,4 +1,4 @@
-"""The real `dmltui` program in tmux, driven as a person would: launch a run from the form and watch it finish."""
+"""The real `dmltui` program in tmux, driven as a person would in their first five minutes."""
 
 from __future__ import annotations
 
@@ -41,32 +41,44 @@ class Tmux:
         raise AssertionError(f"{pattern!r} did not appear within {timeout} s; the screen shows:\n{self.screen()}")
 
 
-def test_launch_a_run_from_the_form_and_watch_it_in_tmux(isolated_env):
+def test_the_first_five_minutes_in_tmux(isolated_env):
+    """A new user at 80x24: an empty home with guidance, a two-seed run from the form, its metrics, a comparison."""
     script = Path(sys.executable).with_name("dmltui")
     tmux = Tmux(f"dmltui-test-{os.getpid()}")
     env = [f"{name}={os.environ[name]}" for name in ("DMLTUI_HOME", "DMLTUI_DATA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")]
-    tmux("new-session", "-d", "-s", tmux.session, "-x", "100", "-y", "30", "env", *env, "TERM=xterm-256color", str(script))
+    tmux("new-session", "-d", "-s", tmux.session, "-x", "80", "-y", "24", "env", *env, "TERM=xterm-256color", str(script))
     try:
         tmux("set-option", "-s", "escape-time", "0")  # else tmux holds a lone Escape back as the start of alt+key
-        tmux.wait_for(r"0 of 0 runs", 30)
+        screen = tmux.wait_for(r"No runs yet", 30)
+        assert re.search(r"n\s+start a run from a preset", screen) and "uv run dmltui quickstart" in screen
         tmux.keys("n")  # the new-run screen opens on the quickstart preset
-        tmux.wait_for(r"1 run · ✓ valid · 0 overrides", 90)  # the engine's registries load in a worker
+        tmux.wait_for(r"1 run · ✓ valid · 0 overrides", 30)
         tmux.keys("Tab", "Tab", *["Right"] * 5)  # to the section tabs, then over to "optim"
         tmux.wait_for(r"epochs\s+20", 10)
         tmux.keys(*["Tab"] * 6, "End", "BSpace", "BSpace", "2")  # optim.epochs = 2
         tmux.wait_for(r"\* epochs\s+2\b", 10)
         tmux.wait_for(r"1 run · ✓ valid · 1 override", 10)
+        tmux.keys("C-o", *["BTab"] * 6, "0", "-", "1")  # back from the preset list to the seeds: two runs
+        tmux.wait_for(r"2 runs · ✓ valid · 1 override", 10)
         tmux.keys("C-s")
-        tmux.wait_for(r"quickstart-s0", 20)  # back on the runs screen with the new run
-        screen = tmux.wait_for(r"finished\s+quickstart-s0\s+2/2", 180)
-        assert re.search(r"quickstart-s0\s+2/2 ▰+\s+0\.\d{4}", screen), screen  # a best R@1 is shown
+        tmux.wait_for(r"Start 2 runs|start 2 runs", 10)
+        tmux.keys("y")
+        tmux.wait_for(r"quickstart-s1", 20)  # back on the runs screen with the new runs
+        tmux.wait_for(r"running", 60)  # live
+        screen = tmux.wait_for(r"2 of 2 runs · 0 live", 240)
+        assert len(re.findall(r"finished\s+quickstart-s[01]\s+2/2", screen)) == 2, screen
         tmux.keys("Enter")  # the run screen: one metric row per epoch
         tmux.wait_for(r"finished · epoch 2/2", 10)
         screen = tmux.wait_for(r"\n\s+2\s+\d\.\d{4}\s", 10)  # the metric rows are read in a worker, just after
         rows = [line.split() for line in screen.splitlines() if re.match(r"\s+[0-2]\s+(-|\d\.\d{4})\s", line)]
         assert [row[0] for row in rows] == ["0", "1", "2"], screen
         tmux.keys("Escape", pause=0.5)
-        tmux.wait_for(r"1 of 1 runs", 10)
+        tmux.wait_for(r"2 of 2 runs", 10)
+        tmux.keys("space", "Down", "space")
+        tmux.wait_for(r"2 selected", 10)
+        tmux.keys("c")
+        screen = tmux.wait_for(r"comparing 2 runs", 10)  # the compare screen's title
+        assert re.search(r"2 runs · test split", screen) and "quickstart-s0" in screen and "quickstart-s1" in screen, screen
         tmux.keys("q")  # quitting ends the program, and with it the tmux session
         deadline = time.monotonic() + 10
         while subprocess.run([*tmux.base, "has-session", "-t", tmux.session], capture_output=True).returncode == 0:

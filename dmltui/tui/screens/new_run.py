@@ -42,6 +42,7 @@ from dmltui.tui.widgets.config_form import ConfigForm
 
 DEFAULT_PRESET = "quickstart"
 VALIDATE_DELAY = 0.4  # seconds of quiet typing before the form is validated
+VALIDATE_SOON = 0.01  # after a preset resolved: at once (a Textual timer may not be 0)
 RESOLVE_DELAY = 0.2  # seconds a preset stays highlighted before it is resolved
 SUMMARY_LINES = 4
 NO_DATASET = "(none)"
@@ -149,7 +150,7 @@ class NewRunScreen(Screen):
         Binding("ctrl+g", "toggle_sweep", "Sweep", tooltip="Sweep mode on/off: grid lines KEY=V1,V2; the runs are the product x seeds"),
         Binding("ctrl+r", "reset_field", "Reset", show=False, tooltip="Reset the focused field to the preset's value"),
         Binding("ctrl+o", "focus_presets", "Presets", show=False, tooltip="Go to the preset list (type to filter it)"),
-        Binding("escape", "back", "Back", tooltip="Back to the runs; nothing is started"),
+        Binding("escape", "back", "Back", tooltip="Back to the runs; nothing is started (asks first if you edited the form)"),
     ]
 
     def __init__(self, preset: str | None = None):
@@ -284,7 +285,7 @@ class NewRunScreen(Screen):
         if form is not None:
             form.set_choices(choices)
         self._dataset_options()
-        self.schedule_validation(delay=0)
+        self.schedule_validation(delay=VALIDATE_SOON)
 
     def _dataset_options(self) -> None:
         """The dataset presets (presets named after a dataset), once both the presets and the registries are known."""
@@ -393,7 +394,7 @@ class NewRunScreen(Screen):
                 self._ensure_form()
         self._show_info()
         self.update_count()
-        self.schedule_validation(delay=0)
+        self.schedule_validation(delay=VALIDATE_SOON)
 
     def _show_info(self) -> None:
         info = self.query_one("#nr-info", Static)
@@ -570,8 +571,24 @@ class NewRunScreen(Screen):
         self.update_count()
 
     # ------------------------------------------------------------------ actions
+    def edits(self) -> list[str]:
+        """What leaving would discard: the form's overrides (valid or not) and the launch controls that were filled."""
+        found: list[str] = []
+        if self.form is not None:
+            found += self.form.overrides().changed
+        found += [f"{name}: {value}" for name in ("seeds", "gpus", "name", "tags")
+                  if (value := self.query_one(f"#nr-{name}", Input).value.strip())]
+        found += grid_lines(self.query_one("#nr-grid", TextArea).text)
+        return found
+
     def action_back(self) -> None:
-        self.dismiss()
+        edits = self.edits()
+        if not edits:
+            self.dismiss()
+            return
+        shown = ", ".join(edits[:3]) + (f" and {len(edits) - 3} more" if len(edits) > 3 else "")
+        self.app.push_screen(ConfirmScreen(f"Discard your edits ({shown})?", confirm_label="Discard", danger=True),
+                             lambda discard: discard and self.dismiss())
 
     def action_focus_presets(self) -> None:
         self.query_one("#nr-preset-list", OptionList).focus()

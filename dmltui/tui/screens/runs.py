@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -54,6 +55,7 @@ class RunsScreen(Screen):
         for key, (header, _field, width) in RUN_COLUMNS.items():
             table.add_column(header, key=key, width=width)
         yield table
+        yield Static(id="empty")
         yield GpuPanel()
         yield Footer()
 
@@ -99,6 +101,28 @@ class RunsScreen(Screen):
             if cursor_key in {r["id"] for r in records}:
                 table.move_cursor(row=table.get_row_index(cursor_key))
         self._update_summary()
+        self._update_empty_state()
+
+    def _update_empty_state(self) -> None:
+        """In place of an empty table: what the tool is and how to start, or why the filter shows nothing."""
+        empty = self.query_one("#empty", Static)
+        showing = not self.shown
+        self.table.display, empty.display = not showing, showing
+        if not showing:
+            return
+        filter_text = self.query_one("#filter", Input).value.strip()
+        if self.app.monitor.runs() and filter_text:
+            empty.update(Text.assemble(
+                "No runs match ", (filter_text, "bold"), ".\n\n",
+                ("escape", "bold"), " clears the filter, ", ("/", "bold"), " edits it."))
+            return
+        empty.update(Text.assemble(
+            ("No runs yet.", "bold"), "\n\n",
+            "dmltui trains deep metric learning models and keeps track of the runs: live metrics, curves, "
+            "logs, and paper tables over seeds.\n\n",
+            (" n ", "bold reverse"), "  start a run from a preset (try ", ("quickstart", "bold"), ": a minute on the CPU)\n",
+            (" ? ", "bold reverse"), "  every key, on every screen\n\n",
+            "From a shell: ", ("uv run dmltui quickstart", "bold")))
 
     def _update_summary(self) -> None:
         records = self.app.monitor.runs()
