@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dmltui.cli import compare, db, launch, presets, quickstart, runs, schema, tui
+from dmltui.cli import compare, data, db, launch, presets, quickstart, runs, schema, tui
 from dmltui.cli.common import ExitCode
 from dmltui.home import SettingError
 from dmltui.store import StoreBusy, StoreError
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.add_typer(presets.app, name="presets")
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
+app.add_typer(data.app, name="data")
 app.command("quickstart")(quickstart.quickstart)
 app.command("run")(launch.run)
 app.command("sweep")(launch.sweep)

@@ -4,7 +4,8 @@
 ``list_datasets()`` the registered names; ``check_layout(name, ...)`` checks that a
 dataset's folder has the layout its loader reads. Real datasets are read from
 ``<source_path>/<name>``; the embedded ones (glyphs, digits) are generated once into
-that same place and then read by the same class-folder loader as CUB200/CARS196.
+that same place and then read by the same class-folder loader as CUB200/CARS196. Where the paper's
+datasets come from, and how they are downloaded, converted and checked: ``engine.data.sources``.
 
 This module imports no torch: the registry, the data root and the layout checks live
 here, and the loaders and image tools load on first use, so that the run manager can
@@ -83,9 +84,10 @@ def data_root(source_path: str | os.PathLike | None = None) -> Path:
 
 # ------------------------------------------------------------------ layouts (read by the loaders, checked before a run)
 
+CACHE_DIRNAME = ".dmltui-cache"  # the resized-image cache inside a dataset folder (engine.data.cache)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _NUMERIC_PREFIX = re.compile(r"^(\d+)\.")
-_ROOT_HELP = "<root> is data.source_path, else $DMLTUI_DATA"
+_ROOT_HELP = "<root> is data.source_path, else $DMLTUI_DATA; `dmltui data fetch <dataset>` downloads it there"
 
 FOLDER_LAYOUT_HELP = (
     "expected <root>/<dataset>/images/<class folder>/<image files> (e.g. images/001.Black_footed_Albatross/x.jpg); "
@@ -143,6 +145,20 @@ def sop_info_file(root: Path, name: str) -> Path:
     if header.split() != SOP_HEADER:
         raise DatasetError(f"{info}: first line must be the header {' '.join(SOP_HEADER)!r}, got {header.rstrip()!r}")
     return info
+
+
+def read_sop_rows(root: Path, name: str) -> list[tuple[int, int, Path]]:
+    """(class_id, super_class_id, image path) rows of ``<root>/Info_Files/<name>``; the paths are not checked."""
+    info = sop_info_file(root, name)
+    rows = []
+    for number, line in enumerate(info.read_text().split("\n")[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 4 or not (parts[1].isdigit() and parts[2].isdigit()):
+            raise DatasetError(f"{info}:{number}: expected 4 fields 'image_id class_id super_class_id path', got {line!r}")
+        rows.append((int(parts[1]), int(parts[2]), root / "images" / parts[3]))
+    return rows
 
 
 def _check_sop(root: Path) -> None:

@@ -43,12 +43,12 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
+from engine.data import CACHE_DIRNAME
 from engine.data.folder import DatasetError, Splits, load_rgb
 
 log = logging.getLogger("engine")
 
 CACHE_FORMAT = 1
-CACHE_DIRNAME = ".dmltui-cache"
 CACHE_MODES = ("off", "resized")
 
 

@@ -11,23 +11,14 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from engine.data import SOP_LAYOUT_HELP, DatasetError, sop_info_file
+from engine.data import SOP_LAYOUT_HELP, DatasetError, read_sop_rows
 from engine.data.folder import ImageList, Splits, image_list, split_by_samples
 
 
 def read_info_file(root: Path, name: str) -> list[tuple[int, int, Path]]:
-    """(class_id, super_class_id, image path) rows of one Ebay_*.txt file."""
-    info = sop_info_file(root, name)
-    lines = info.read_text().split("\n")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = line.split()
-        if len(parts) != 4 or not (parts[1].isdigit() and parts[2].isdigit()):
-            raise DatasetError(f"{info}:{number}: expected 4 fields 'image_id class_id super_class_id path', got {line!r}")
-        path = root / "images" / parts[3]
-        rows.append((int(parts[1]), int(parts[2]), path))
+    """(class_id, super_class_id, image path) rows of one Ebay_*.txt file, every image checked to exist."""
+    rows = read_sop_rows(root, name)
+    info = root / "Info_Files" / name
     if not rows:
         raise DatasetError(f"{info} lists no images")
     missing = next((p for _, _, p in rows if not p.is_file()), None)
