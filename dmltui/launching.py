@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,14 @@ def before_training_problems(planned: list[PlannedRun]) -> list[str]:
     from engine.preflight import problems
 
     found: list[str] = []
+    checked: set[str] = set()
     for run in planned:
+        config = run.resolved.config.to_dict()
+        config["run"].pop("seed", None)  # seeds do not change what is checked: a dataset folder is listed once
+        key = json.dumps(config, sort_keys=True)
+        if key in checked:
+            continue
+        checked.add(key)
         found += [p for p in problems(run.resolved.config, home.runs_dir() / "new-run", check_device=False) if p not in found]
     return found
 

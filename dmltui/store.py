@@ -276,12 +276,13 @@ class Transaction:
         view = self._view()
         if run_id not in view:
             raise KeyError(run_id)
-        current = copy.deepcopy(unpack(view[run_id], self._base))
+        before = unpack(view[run_id], self._base)
+        current = copy.deepcopy(before)
         new = change(current)
         new = current if new is None else new
         if new.get("id") != run_id:
             raise ValueError(f"a change may not alter the run id ({run_id!r} -> {new.get('id')!r})")
-        if new != unpack(view[run_id], self._base):
+        if new != before:
             view[run_id] = pack(new, self._packing_base())
             self._changed.add(run_id)
         return copy.deepcopy(new)

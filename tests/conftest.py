@@ -78,6 +78,32 @@ def make_class_folders(images_dir: Path, n_classes: int, per_class: int, *, size
     return names
 
 
+TINY_PRESET = """\
+description = "a run that takes seconds: digits at 8x8, one metric"
+extends = ["quickstart", "digits"]
+[data]
+image_size = 8
+[sampler]
+batch_size = 128
+[optim]
+epochs = 2
+[eval]
+metrics = ["e_recall@1"]
+at_start = false
+raw_pixel_baseline = false
+"""
+
+
+@pytest.fixture
+def tiny(isolated_env) -> str:
+    """A user preset ``tiny`` (digits at 8x8, two epochs: seconds on a CPU) and ``tiny-cuda`` (the same on CUDA)."""
+    presets = isolated_env / "presets"
+    presets.mkdir(parents=True)
+    (presets / "tiny.toml").write_text(TINY_PRESET)
+    (presets / "tiny-cuda.toml").write_text('extends = ["tiny"]\n[run]\ndevice = "cuda"\n')
+    return "tiny"
+
+
 @pytest.fixture
 def tiny_cub(tmp_path) -> Path:
     """A CUB200-layout dataset with 8 classes x 12 images; returns the data root (source_path)."""

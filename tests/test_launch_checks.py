@@ -16,29 +16,6 @@ from conftest import REPO, dmltui
 from dmltui import runs as run_ops
 from engine.rundir import FINAL_STATES, RunDir
 
-TINY = """\
-extends = ["quickstart", "digits"]
-[data]
-image_size = 8
-[sampler]
-batch_size = 128
-[optim]
-epochs = 1
-[eval]
-metrics = ["e_recall@1"]
-at_start = false
-raw_pixel_baseline = false
-"""
-
-
-@pytest.fixture
-def tiny(isolated_env) -> str:
-    presets = isolated_env / "presets"
-    presets.mkdir(parents=True)
-    (presets / "tiny.toml").write_text(TINY)
-    (presets / "tiny-cuda.toml").write_text('extends = ["tiny"]\n[run]\ndevice = "cuda"\n')
-    return "tiny"
-
 
 def refused(*args: str, env: dict | None = None) -> str:
     """Run the command; assert it was refused the way the project promises; return its one error line."""

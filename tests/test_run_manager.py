@@ -15,29 +15,6 @@ from conftest import REPO, dmltui
 
 from engine.rundir import RunDir
 
-TINY = """\
-description = "a run that takes seconds: digits at 8x8, one metric"
-extends = ["quickstart", "digits"]
-[data]
-image_size = 8
-[sampler]
-batch_size = 128
-[optim]
-epochs = 2
-[eval]
-metrics = ["e_recall@1"]
-at_start = false
-raw_pixel_baseline = false
-"""
-
-
-@pytest.fixture
-def tiny(isolated_env) -> str:
-    presets = isolated_env / "presets"
-    presets.mkdir(parents=True)
-    (presets / "tiny.toml").write_text(TINY)
-    return "tiny"
-
 
 def runs_json(*args: str) -> list[dict]:
     result = dmltui("runs", "list", "--json", *args)
