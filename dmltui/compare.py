@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from dmltui.runs import load_config
 from engine.metric_names import display_name
 
 PAPER_METRICS = ("e_recall@1", "e_recall@2", "e_recall@4", "nmi", "f1", "mAP_c")
@@ -81,7 +82,7 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def differing_keys(records: Sequence[dict[str, Any]]) -> list[str]:
     """Sorted dotted config keys whose value is not the same in every run (a key some run lacks differs)."""
-    flats = [flatten_config(r.get("config") or {}) for r in records]
+    flats = [flatten_config(load_config(r)) for r in records]
     if len(flats) < 2:
         return []
     keys = sorted(set().union(*flats))
@@ -147,7 +148,7 @@ def comparison(records: Sequence[dict[str, Any]], metrics: Sequence[str], split:
     keys = differing_keys(records)
     rows = []
     for record in records:
-        flat = flatten_config(record.get("config") or {})
+        flat = flatten_config(load_config(record))
         rows.append({
             "id": record.get("id"),
             "name": record.get("name"),
@@ -179,7 +180,7 @@ def group_label(record: dict[str, Any], group_by: str = "preset") -> str:
         return record.get("preset") or "(no preset)"
     if group_by == "name":
         return strip_seed(record.get("name") or record.get("id") or "")
-    flat = flatten_config(record.get("config") or {})
+    flat = flatten_config(load_config(record))
     if group_by in flat:
         return _value_text(flat[group_by])
     value = record.get(group_by, _MISSING)
@@ -194,7 +195,7 @@ def check_group_key(records: Sequence[dict[str, Any]], group_by: str) -> None:
         return
     keys: set[str] = set()
     for record in records:
-        keys.update(flatten_config(record.get("config") or {}))
+        keys.update(flatten_config(load_config(record)))
         keys.update(k for k, v in record.items() if not isinstance(v, dict))
     if group_by in keys:
         return

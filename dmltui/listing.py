@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,18 +29,36 @@ def best_value(record: dict[str, Any], metric: str = "e_recall@1") -> float | No
     return None
 
 
-def matches(record: dict[str, Any], *, states: Iterable[str] | None = None, preset: str | None = None,
-            tag: str | None = None, dataset: str | None = None, text: str | None = None) -> bool:
-    haystack = " ".join([record["id"], record["name"], record.get("preset") or "", record.get("notes", ""),
-                         record.get("dataset", ""), record.get("loss", ""), record.get("miner", ""),
-                         *record.get("tags", [])]).lower()
-    return (
-        (not states or record["state"] in states)
-        and (not preset or record.get("preset") == preset)
-        and (not tag or tag in record.get("tags", []))
-        and (not dataset or record["dataset"] == dataset)
-        and (not text or all(word in haystack for word in text.lower().split()))
-    )
+def search_text(record: dict[str, Any]) -> str:
+    """What free-text filter words are looked for in: id, name, preset, notes, dataset, loss, miner and tags."""
+    return " ".join([record["id"], record["name"], record.get("preset") or "", record.get("notes", ""),
+                     record.get("dataset", ""), record.get("loss", ""), record.get("miner", ""),
+                     *record.get("tags", [])]).lower()
+
+
+def record_filter(*, states: Iterable[str] | None = None, preset: str | None = None, tag: str | None = None,
+                  dataset: str | None = None, text: str | None = None,
+                  text_of: Callable[[dict[str, Any]], str] = search_text) -> Callable[[dict[str, Any]], bool]:
+    """A test of whether a run passes every given filter (*text*: words that must all appear in ``text_of(record)``;
+    the TUI passes a cached :func:`search_text`, as it filters thousands of runs on every keystroke)."""
+    states = set(states or ())
+    words = text.lower().split() if text else []
+
+    def passes(record: dict[str, Any]) -> bool:
+        if (states and record["state"] not in states) or (preset and record.get("preset") != preset) \
+                or (tag and tag not in record.get("tags", [])) or (dataset and record["dataset"] != dataset):
+            return False
+        if words:
+            haystack = text_of(record)
+            return all(word in haystack for word in words)
+        return True
+
+    return passes
+
+
+def matches(record: dict[str, Any], **filters: Any) -> bool:
+    """Whether the run passes every filter of :func:`record_filter`."""
+    return record_filter(**filters)(record)
 
 
 def parse_time(text: str | None) -> datetime | None:
@@ -71,10 +89,10 @@ def sort_value(record: dict[str, Any], field: str) -> Any:
 
 
 def sort_runs(records: Sequence[dict[str, Any]], field: str, *, descending: bool = True) -> list[dict[str, Any]]:
-    """Sorted by *field*; runs without a value always come last."""
-    present = [r for r in records if sort_value(r, field) is not None]
-    missing = [r for r in records if sort_value(r, field) is None]
-    return sorted(present, key=lambda r: sort_value(r, field), reverse=descending) + missing
+    """Sorted by *field* (stable: ties keep their order); runs without a value always come last."""
+    keyed = [(sort_value(r, field), r) for r in records]
+    present = sorted((pair for pair in keyed if pair[0] is not None), key=lambda pair: pair[0], reverse=descending)
+    return [r for _, r in present] + [r for value, r in keyed if value is None]
 
 
 FILTER_FIELDS = ("state", "tag", "dataset", "preset")

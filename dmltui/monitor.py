@@ -21,7 +21,7 @@ from typing import Any
 
 from dmltui import runs as run_ops
 from dmltui.listing import LIVE_STATES
-from dmltui.store import RunStore
+from dmltui.store import RunStore, newer, newest_documents, record_of
 from engine.io import parse_json_object
 
 
@@ -36,25 +36,56 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 @dataclass
 class RunsMonitor:
-    """The store's runs, kept current with as little I/O as possible; ``poll()`` says whether anything changed."""
+    """The store's runs, kept current with as little I/O as possible; ``poll()`` says whether anything changed.
+
+    The store's files are re-read only when their (inode, size, mtime) changed, one by one: live runs' updates
+    rewrite the small live file, and the thousands of ended runs in their partitions are not read again. A record
+    that did not change keeps its identity (the runs table redraws only the rows whose record was replaced)."""
 
     store: RunStore = field(default_factory=run_ops.open_store)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _store_signature: tuple[int, int, int] | None = None
+    _files: dict[Path, tuple[Any, list[dict[str, Any]]]] = field(default_factory=dict)
+    _ended: dict[str, dict[str, Any]] = field(default_factory=dict)  # run id -> document, of the ended partitions
+    _ended_records: dict[str, dict[str, Any]] = field(default_factory=dict)
     _run_signatures: dict[str, tuple] = field(default_factory=dict)
+    changed_ids: set[str] | None = None  # after a poll: the runs whose record changed; None: runs came or went
+    _live_ids: list[str] = field(default_factory=list)  # the runs of the live file: the only ones that can change
+    _newest_first: list[dict[str, Any]] | None = None
+
+    def _read_store(self) -> None:
+        """Re-read the files that changed (under the store's lock); records that did not change keep their identity."""
+        marks = {file: mark for file in self.store.files() if (mark := _signature(file)) is not None}
+        if marks == {file: known[0] for file, known in self._files.items()}:
+            return
+        files = self.store.snapshot(self._files, _signature)
+        previous = self.records
+        ended = {file: known for file, known in files.items() if file != self.store.path}
+        if ended.keys() != self._files.keys() - {self.store.path} or any(known is not self._files.get(file)
+                                                                         for file, known in ended.items()):
+            self._ended = newest_documents(docs for _, docs in ended.values())
+            self._ended_records = {run_id: _kept(previous, record_of(doc)) for run_id, doc in self._ended.items()}
+        self._files = files
+        records = dict(self._ended_records)
+        self._live_ids = []
+        for doc in files.get(self.store.path, (None, []))[1]:
+            other = self._ended.get(doc["id"])
+            if other is None or not newer(other, doc):
+                records[doc["id"]] = _kept(previous, record_of(doc))
+                self._live_ids.append(doc["id"])
+        self.records = records
 
     def poll(self) -> bool:
-        """Refresh; True when the set of runs or any run's fields changed since the last poll."""
-        changed = False
-        signature = _signature(self.store.path)
-        if signature != self._store_signature or signature is None and self.records:
-            self.records = {r["id"]: r for r in self.store.all()} if signature else {}
-            self._store_signature = _signature(self.store.path)
-            changed = True
+        """Refresh; True when the set of runs or any run's fields changed since the last poll (``changed_ids`` says
+        which runs, so that a screen of thousands can update a few rows instead of redrawing)."""
+        previous = self.records
+        self._read_store()
+        if previous.keys() != self.records.keys():
+            changed: set[str] | None = None
+        else:
+            changed = {run_id for run_id, record in self.records.items() if previous[run_id] is not record}
         candidates = []
-        for run_id, record in self.records.items():
-            if record["state"] not in LIVE_STATES:
-                continue
+        for record in self.live():
+            run_id = record["id"]
             run_dir = Path(record["run_dir"])
             signature = (_signature(run_dir / "status.json"), _signature(run_dir / "metrics.jsonl"))
             pid = record.get("pid")
@@ -62,24 +93,39 @@ class RunsMonitor:
                 continue
             self._run_signatures[run_id] = signature
             candidates.append(run_id)
-        if candidates:  # re-summarised inside the store's transaction, which writes only what changed
-            with self.store.transaction() as tx:
-                others_wrote = _signature(self.store.path) != self._store_signature
-                known = set(tx.ids())
-                updated = [tx.modify(run_id, run_ops.refresh) for run_id in candidates if run_id in known]
+        if candidates:  # re-summarised inside one transaction, which reads and writes only the live file
+            with self.store.transaction() as tx:  # (and a month's partition when a run ended)
+                live = {record["id"] for record in tx.live()}
+                updated = [tx.modify(run_id, run_ops.refresh) for run_id in candidates if run_id in live]
             for record in updated:
-                changed = changed or record != self.records.get(record["id"])
-                self.records[record["id"]] = record
-            # After only our own write there is nothing new to read; after another process's, the next poll reads it.
-            self._store_signature = None if others_wrote else _signature(self.store.path)
-        return changed
+                if record != self.records.get(record["id"]):
+                    self.records[record["id"]] = record
+                    if changed is not None:
+                        changed.add(record["id"])
+        self.changed_ids = changed
+        if changed is None or changed:
+            self._newest_first = None
+            return True
+        return False
 
     def runs(self) -> list[dict[str, Any]]:
-        """Newest first."""
-        return sorted(self.records.values(), key=lambda r: r["created_at"], reverse=True)
+        """Newest first (sorted once per change: screens ask often)."""
+        if self._newest_first is None:
+            self._newest_first = sorted(self.records.values(), key=lambda r: r["created_at"], reverse=True)
+        return self._newest_first
+
+    def live(self) -> list[dict[str, Any]]:
+        """The queued and running runs (without looking at the thousands of ended ones)."""
+        return [record for run_id in self._live_ids if (record := self.records.get(run_id)) and record["state"] in LIVE_STATES]
 
     def live_count(self) -> int:
-        return sum(r["state"] in LIVE_STATES for r in self.records.values())
+        return len(self.live())
+
+
+def _kept(previous: dict[str, dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:
+    """The record already held when it is equal (its identity tells the runs table the row is unchanged)."""
+    held = previous.get(record["id"])
+    return held if held == record else record
 
 
 class FileTail:

@@ -13,6 +13,8 @@ concurrent commands, the TUI and scripts never overwrite each other's changes.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import secrets
@@ -95,7 +97,6 @@ def _make_run_dir(resolved: ResolvedConfig, name: str | None, tags: list[str], r
         raise
     return {
         **manager,
-        "config": config.to_dict(),
         "dataset": config.data.dataset,
         "loss": config.loss.name,
         "miner": config.miner.name,
@@ -211,6 +212,31 @@ def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
         "gpus": status.get("gpus"),
         "best": best_metrics(rd.read_metrics()),
     }
+
+
+def load_config(record: dict[str, Any]) -> dict[str, Any]:
+    """The run's resolved config, from its run directory's config.toml (the store keeps none; a run migrated from an
+    older store whose directory was gone keeps its copy there). Empty when neither exists."""
+    if record.get("config"):
+        return record["config"]
+    path = Path(record["run_dir"]) / "config.toml"
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    return copy.deepcopy(_parsed_config(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_config(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """config.toml parsed once per (path, mtime, size): comparing hundreds of runs reads each file once."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
 
 
 def refresh(record: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +377,10 @@ def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None =
     from engine.config.presets import ResolvedConfig
     from engine.config.schema import Config
 
-    resolved = ResolvedConfig(config=Config.model_validate(record["config"]), chain=record.get("presets", []), sources={},
+    config = load_config(record)
+    if not config:
+        raise RunError(f"run {record['id']} has no config to rerun: {Path(record['run_dir']) / 'config.toml'} is gone")
+    resolved = ResolvedConfig(config=Config.model_validate(config), chain=record.get("presets", []), sources={},
                               preset=record.get("preset"))
     return launch_detached(prepare_run(resolved, name=name or record["name"]), gpus=gpus)
 
@@ -417,7 +446,6 @@ def record_from_run_dir(run_dir: Path) -> dict[str, Any]:
         "tags": manager.get("tags", []),
         "notes": manager.get("notes", ""),
         "created_at": manager.get("created_at") or status.get("created_at") or status.get("started_at") or now_iso(),
-        "config": config.to_dict(),
         "dataset": config.data.dataset,
         "loss": config.loss.name,
         "miner": config.miner.name,

@@ -75,11 +75,28 @@ def fake_run(home: Path, *, name: str, state: str = "finished", epochs: int = 10
     manager = {"id": run_id, "name": name, "preset": preset, "presets": [preset], "tags": list(tags), "notes": "",
                "created_at": created.isoformat()}
     atomic_write_json(run_dir / run_ops.MANAGER_FILE, manager)
-    record = {**manager, "config": config.to_dict(), "dataset": dataset, "loss": loss, "miner": miner, "seed": seed,
+    record = {**manager, "dataset": dataset, "loss": loss, "miner": miner, "seed": seed,
               "run_dir": str(run_dir), "host": socket.gethostname(), **run_ops.summarize(run_dir)}
     if save:
         (store or RunStore(home / "runs.json")).insert(record)
     return record
+
+
+def ended_record(i: int, runs: int) -> dict[str, Any]:
+    """The store record of finished run *i* of *runs* spread over twelve months of 2026, without a run directory
+    (listing a finished run never reads it): how the benchmarks fill a store with a lab's year of runs."""
+    month = 1 + i * 12 // runs
+    day = f"2026-{month:02d}-{1 + i % 28:02d}"
+    run_id = f"2026{month:02d}{1 + i % 28:02d}-{i % 240000:06d}-{i:04x}"
+    best = {f"{split}/{metric}": {"value": 0.5 + (i % 97) / 1000, "epoch": 40 + i % 60}
+            for split in ("test", "train") for metric in METRICS}
+    return {"id": run_id, "name": f"margin-b12-d-s{i % 5}-{i}", "preset": "margin-b12-d",
+            "presets": ["presets/base.toml", "presets/cub200.toml", "presets/margin-b12-d.toml"],
+            "tags": ["sweep"] if i % 7 else [], "notes": "", "created_at": f"{day}T09:00:00+00:00", "dataset": "cub200",
+            "loss": ["margin", "triplet", "multisimilarity"][i % 3], "miner": "distance", "seed": i % 5,
+            "run_dir": f"/scratch/runs/{run_id}", "host": "gpu-node-3", "state": "finished", "pid": None,
+            "started_at": f"{day}T09:01:00+00:00", "ended_at": f"{day}T12:01:00+00:00", "epoch": 150, "epochs": 150,
+            "error": None, "gpus": [0], "best": best}
 
 
 def _toml(config: dict[str, Any]) -> str:

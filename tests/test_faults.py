@@ -122,14 +122,15 @@ def test_a_full_disk_under_the_store_is_one_line_and_changes_nothing(small_disk,
     home = small_disk / "home"
     monkeypatch.setenv("DMLTUI_HOME", str(home))
     record = fake_run(home, name="r", tags=["a"], epochs=2)
+    partition = home / "runs.d" / f"ended-{record['id'][:6]}.json"  # a finished run is kept in its month's partition
     store, manager = home / "runs.json", Path(record["run_dir"]) / "manager.json"
-    before = store.read_bytes(), manager.read_bytes()
+    before = store.read_bytes(), partition.read_bytes(), manager.read_bytes()
     filler = fill(small_disk)
     result = dmltui("runs", "tag", record["id"], "b")
     assert result.returncode == 1
-    assert result.stderr == f"error: run store {store} could not be written (No space left on device); nothing was changed\n"
-    assert (store.read_bytes(), manager.read_bytes()) == before
-    assert not list(home.glob(".tmp-*"))
+    assert result.stderr == f"error: run store {partition} could not be written (No space left on device); nothing was changed\n"
+    assert (store.read_bytes(), partition.read_bytes(), manager.read_bytes()) == before
+    assert not list(home.glob("**/.tmp-*"))
     listed = dmltui("runs", "list", "--json")  # still opens
     assert listed.returncode == 0 and json.loads(listed.stdout)[0]["tags"] == ["a"]
     filler.unlink()

@@ -10,42 +10,36 @@ from pathlib import Path
 import pytest
 from conftest import dmltui
 
-from dmltui.store import (
-    PACKED_CONFIG_KEY,
-    SCHEMA_VERSION,
-    DuplicateRun,
-    RunStore,
-    StoreBusy,
-    StoreError,
-    default_config_base,
-)
+from dmltui.store import SCHEMA_VERSION, DuplicateRun, RunStore, StoreBusy, StoreError, partitions_dir
+
+DEFAULTS = {"run": {"seed": 0, "device": "auto"}, "optim": {"lr": 1e-5, "epochs": 150}, "loss": {"name": "margin"},
+            "data": {"dataset": "cub200", "cache": "off"}, "model": {"embed_dim": 128}, "miner": {"name": "distance"}}
 
 
-def _config(seed: int, defaults: dict | None = None) -> dict:
-    config = copy.deepcopy(defaults) if defaults else default_config_base()
+def _config(seed: int) -> dict:
+    config = copy.deepcopy(DEFAULTS)
     config["run"]["seed"] = seed
     config["optim"]["lr"] = 3e-5
     config["loss"]["name"] = "triplet"
     return config
 
 
-def _writer(path: str, worker: int, count: int, defaults: dict) -> None:
+def _writer(path: str, worker: int, count: int) -> None:
     store = RunStore(Path(path), timeout=60)
     for i in range(count):
-        run = {"id": f"w{worker}-{i}", "state": "queued", "worker": worker}
+        run = {"id": f"2026110{worker % 3 + 1}-000000-w{worker}-{i}", "state": "queued", "worker": worker}
         if i % 10 == 0:
-            run["config"] = _config(worker * 1000 + i, defaults)
+            run["extra"] = _config(worker * 1000 + i)
         store.insert(run)
         if i % 5 == 0:
-            store.modify(f"w{worker}-{i}", lambda record: record.update(state="finished"))
+            store.modify(run["id"], lambda record: record.update(state="finished"))  # moves to its month's partition
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
     path = tmp_path / "runs.json"
     workers, count = 16, 50
     context = multiprocessing.get_context("spawn")
-    defaults = default_config_base()  # (made here: importing pydantic in 16 processes at once takes long)
-    processes = [context.Process(target=_writer, args=(str(path), w, count, defaults)) for w in range(workers)]
+    processes = [context.Process(target=_writer, args=(str(path), w, count)) for w in range(workers)]
     for p in processes:
         p.start()
     for p in processes:
@@ -54,12 +48,16 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     runs = RunStore(path).all()
     assert len(runs) == workers * count
     assert sum(r["state"] == "finished" for r in runs) == workers * len(range(0, count, 5))
-    with_config = [r for r in runs if "config" in r]
-    assert len(with_config) == workers * len(range(0, count, 10))
-    assert all(r["config"] == _config(r["worker"] * 1000 + int(r["id"].split("-")[1])) for r in with_config)
-    data = json.loads(path.read_text())  # still one valid JSON document
+    with_extra = [r for r in runs if "extra" in r]
+    assert len(with_extra) == workers * len(range(0, count, 10))
+    assert all(r["extra"] == _config(r["worker"] * 1000 + int(r["id"].rsplit("-")[-1])) for r in with_extra)
+    data = json.loads(path.read_text())  # each file is still one valid JSON document
     assert data["meta"]["1"]["schema_version"] == SCHEMA_VERSION
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert len(data["runs"]) == workers * count - workers * len(range(0, count, 5))  # the live ones
+    ended = sorted(p.name for p in partitions_dir(path).iterdir())
+    assert ended == ["ended-202611.json"]
+    assert len(json.loads((partitions_dir(path) / ended[0]).read_text())["runs"]) == workers * len(range(0, count, 5))
+    assert not list(tmp_path.glob("**/.tmp-*"))
 
 
 def test_insert_get_modify_remove(tmp_path):
@@ -244,26 +242,128 @@ def test_cli_runs_show_unknown_id_is_not_found():
     assert result.returncode == 3 and "no run with id 'nope'" in result.stderr
 
 
-def _v1_file(path: Path, runs: list[dict]) -> None:
-    """A store as dmltui wrote it before schema 2: full configs in every document."""
-    documents = {str(i + 1): run for i, run in enumerate(runs)}
-    path.write_text(json.dumps({"meta": {"1": {"schema_version": 1}}, "runs": documents}, separators=(",", ":")))
+# --- partitions --------------------------------------------------------------------------------------------------
 
 
-def _runs(count: int) -> list[dict]:
-    runs = []
+def _run(run_id: str, state: str = "finished", **fields) -> dict:
+    return {"id": run_id, "name": run_id, "state": state, "tags": [], "notes": "",
+            "best": {"test/e_recall@1": {"value": 0.5, "epoch": 3}}, "run_dir": f"/nonexistent/{run_id}", **fields}
+
+
+def _files(path: Path) -> dict[str, tuple[int, int]]:
+    """Every store file's (inode, mtime): a file that was rewritten has a new inode (atomic replace)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in [path, *partitions_dir(path).glob("*.json")]}
+
+
+def test_live_runs_sit_in_the_live_file_and_ended_ones_in_their_months_partition(tmp_path):
+    path = tmp_path / "runs.json"
+    store = RunStore(path)
+    store.insert(_run("20261101-090000-aaaa", "running"), _run("20261102-090000-bbbb"), _run("20261203-090000-cccc", "crashed"),
+                 _run("imported-run", "stopped"), _run("20261104-090000-dddd", "queued"))
+    live = json.loads(path.read_text())
+    assert [d["id"] for d in live["runs"].values()] == ["20261101-090000-aaaa", "20261104-090000-dddd"]
+    assert sorted(p.name for p in partitions_dir(path).iterdir()) == ["ended-202611.json", "ended-202612.json",
+                                                                      "ended-other.json"]
+    assert "_rev" not in str(store.all()) and len(store.all()) == 5
+    assert store.get("imported-run")["state"] == "stopped"
+
+    before = _files(path)
+    store.modify("20261101-090000-aaaa", lambda r: r.update(epoch=4))  # a live run's update: the live file alone
+    after = _files(path)
+    assert after["runs.json"] != before["runs.json"]
+    assert {k: v for k, v in after.items() if k != "runs.json"} == {k: v for k, v in before.items() if k != "runs.json"}
+
+    store.modify("20261101-090000-aaaa", lambda r: r.update(state="finished"))  # it ended: it moves
+    assert [d["id"] for d in json.loads(path.read_text())["runs"].values()] == ["20261104-090000-dddd"]
+    november = json.loads((partitions_dir(path) / "ended-202611.json").read_text())["runs"]
+    assert sorted(d["id"] for d in november.values()) == ["20261101-090000-aaaa", "20261102-090000-bbbb"]
+    assert _files(path)["ended-202612.json"] == before["ended-202612.json"]
+
+    store.modify("20261102-090000-bbbb", lambda r: r.update(state="queued"))  # resumed: back to the live file
+    assert store.get("20261102-090000-bbbb")["state"] == "queued"
+    assert "20261102-090000-bbbb" in json.loads(path.read_text())["runs"].__str__()
+    assert sorted(r["id"] for r in store.all()) == sorted(["20261101-090000-aaaa", "20261102-090000-bbbb",
+                                                          "20261203-090000-cccc", "imported-run", "20261104-090000-dddd"])
+    assert store.remove("20261203-090000-cccc") and store.get("20261203-090000-cccc") is None
+
+
+def test_a_crash_between_the_two_writes_of_a_move_leaves_two_copies_and_the_newer_wins(tmp_path, monkeypatch):
+    from dmltui import store as store_module
+
+    path = tmp_path / "runs.json"
+    store = RunStore(path)
+    store.insert(_run("20261101-090000-aaaa", "running", epoch=1))
+
+    def crash(self):  # the process dies after the destination was written, before the source was
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(store_module.Partition, "write_moves", crash)
+    with pytest.raises(SystemExit):
+        store.modify("20261101-090000-aaaa", lambda r: r.update(state="finished", epoch=2))
+    monkeypatch.undo()
+    live = json.loads(path.read_text())["runs"]
+    ended = json.loads((partitions_dir(path) / "ended-202611.json").read_text())["runs"]
+    assert [d["epoch"] for d in live.values()] == [1] and [d["epoch"] for d in ended.values()] == [2]  # in both, never in neither
+
+    from dmltui.monitor import RunsMonitor
+
+    monitor = RunsMonitor(store=store)
+    monitor.poll()
+    assert [(r["state"], r["epoch"]) for r in monitor.records.values()] == [("finished", 2)]
+    assert [(r["state"], r["epoch"]) for r in store.all()] == [("finished", 2)]  # and that read dropped the stale copy
+    assert json.loads(path.read_text())["runs"] == {}
+
+
+def _schema_2_file(path: Path, count: int, run_dirs: Path) -> list[dict]:
+    """A store as dmltui wrote it before schema 3: every run in runs.json, configs as differences from a base."""
+    documents, expected = {}, []
     for i in range(count):
-        config = _config(i)
-        if i % 3 == 1:  # keys the defaults lack, a removed key, changed types, a list, a section replaced by a scalar
-            config["optim"]["extra"] = {"nested": [1, 2.5, None]}
-            del config["data"]["cache"]
-            config["run"]["gpus"] = [0, 1]
-            config["model"]["embed_dim"] = float(config["model"]["embed_dim"])
-            config["run"]["deterministic"] = int(config["run"]["deterministic"])
-            config["miner"] = "none"
-        runs.append({"id": f"run-{i}", "name": f"r{i}", "state": "finished", "config": config,
-                     "best": {"test/e_recall@1": {"value": 0.5 + i / 100, "epoch": i}}, "tags": ["t"], "notes": ""})
-    return runs
+        run_id = f"2026{10 + i % 3:02d}01-000000-{i:04x}"
+        run_dir = run_dirs / run_id
+        config = _config(i % 5)
+        if i % 100 != 7:  # a few run dirs are gone: their configs stay in the store
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.toml").write_text("[run]\nseed = 0\n")
+        state = "running" if i % 50 == 0 else "finished"
+        record = {**_run(run_id, state), "run_dir": str(run_dir), "seed": i % 5}
+        documents[str(i + 1)] = {**record, "config_diff": {"set": [[["run", "seed"], i % 5], [["optim", "lr"], 3e-5],
+                                                                   [["loss", "name"], "triplet"]]}}
+        expected.append({**record, **({"config": config} if i % 100 == 7 else {})})
+    path.write_text(json.dumps({"meta": {"1": {"schema_version": 2, "config_base": DEFAULTS}}, "runs": documents}))
+    return expected
+
+
+def test_a_schema_2_store_of_10000_runs_is_migrated_without_losing_anything(tmp_path):
+    path = tmp_path / "runs.json"
+    expected = _schema_2_file(path, 10_000, tmp_path / "runs")
+    size_before = path.stat().st_size
+    store = RunStore(path)
+    assert _exact(sorted(store.all(), key=lambda r: r["id"])) == _exact(sorted(expected, key=lambda r: r["id"]))
+    data = json.loads(path.read_text())
+    assert data["meta"]["1"] == {"schema_version": SCHEMA_VERSION}
+    assert len(data["runs"]) == 200 and all(d["state"] == "running" for d in data["runs"].values())
+    assert path.stat().st_size < size_before / 20  # the live file is kilobytes
+    assert sorted(p.name for p in partitions_dir(path).iterdir()) == ["ended-202610.json", "ended-202611.json",
+                                                                      "ended-202612.json"]
+    kept = [r for r in store.all() if "config" in r]
+    assert len(kept) == 100 and all(r["config"] == _config(r["seed"]) for r in kept)
+
+
+def test_version_1_files_are_migrated(tmp_path):
+    path = tmp_path / "runs.json"
+    runs = [_run("20261101-000000-0001", config=_config(1)), _run("20261101-000000-0002", "queued", config=_config(2))]
+    path.write_text(json.dumps({"meta": {"1": {"schema_version": 1}}, "runs": {"1": runs[0], "2": runs[1]}}))
+    assert _exact(sorted(RunStore(path).all(), key=lambda r: r["id"])) == _exact(runs)  # run dirs gone: configs kept
+    assert json.loads(path.read_text())["meta"]["1"]["schema_version"] == SCHEMA_VERSION
+
+
+def test_packed_configs_without_a_base_are_an_error(tmp_path):
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps({"meta": {"1": {"schema_version": 2}}, "runs": {"1": {"id": "a", "config_diff": {"set": []}}}}))
+    before = path.read_text()
+    with pytest.raises(StoreError, match="no config_base"):
+        RunStore(path).all()
+    assert path.read_text() == before and not partitions_dir(path).exists()
 
 
 def _exact(records: list[dict]) -> str:
@@ -271,92 +371,12 @@ def _exact(records: list[dict]) -> str:
     return json.dumps(records)
 
 
-def test_version_1_files_are_read_as_they_are_and_converted_on_the_first_write(tmp_path):
-    path = tmp_path / "runs.json"
-    runs = _runs(6)
-    _v1_file(path, runs)
-    before = path.read_text()
-    store = RunStore(path)
-    assert _exact(store.all()) == _exact(runs)
-    assert _exact([store.get("run-4")]) == _exact([runs[4]])
-    assert path.read_text() == before  # reading never rewrites the file
-    updated = store.modify("run-1", lambda r: r.update(notes="converted"))
-    assert _exact([updated]) == _exact([{**runs[1], "notes": "converted"}])
-    data = json.loads(path.read_text())
-    assert data["meta"]["1"]["schema_version"] == SCHEMA_VERSION == 2
-    assert data["meta"]["1"]["config_base"] == default_config_base()
-    assert all("config" not in doc and PACKED_CONFIG_KEY in doc for doc in data["runs"].values())
-    assert len(path.read_text()) < len(before) / 3
-    runs[1]["notes"] = "converted"
-    assert _exact(store.all()) == _exact(runs)
-
-
-def test_records_round_trip_exactly_through_compact_configs(tmp_path):
-    path = tmp_path / "runs.json"
-    store = RunStore(path)
-    runs = _runs(6)
-    runs.append({"id": "no-config", "state": "queued"})
-    runs.append({"id": "odd-config", "state": "queued", "config": None})
-    runs.append({"id": "defaults", "state": "queued", "config": default_config_base()})
-    store.insert(*copy.deepcopy(runs))
-    assert _exact(store.all()) == _exact(runs)
-    assert _exact([store.get("run-1")]) == _exact([runs[1]])
-    stored = json.loads(path.read_text())["runs"]
-    assert stored["9"][PACKED_CONFIG_KEY] == {"set": []}  # the defaults: nothing but the marker
-    defaults = default_config_base()
-    assert stored["1"][PACKED_CONFIG_KEY]["set"] == [  # only what differs from the defaults, in the config's order
-        [[section, key], value] for section, values in runs[0]["config"].items() for key, value in values.items()
-        if defaults[section][key] != value]
-    assert len(stored["1"][PACKED_CONFIG_KEY]["set"]) in (2, 3)  # seed, lr, loss name
-
-    # a new config replaces the old one; other changes leave it alone; modify returns full records
-    runs[0]["config"] = _config(99)
-    assert store.modify("run-0", lambda r: r.update(config=copy.deepcopy(runs[0]["config"])))["config"] == runs[0]["config"]
-    with store.transaction() as tx:
-        changed = [tx.modify("run-2", lambda r: r.update(state="crashed")), tx.modify("run-3", lambda r: r.update(epoch=3))]
-    runs[2]["state"], runs[3]["epoch"] = "crashed", 3
-    assert _exact(changed) == _exact([runs[2], runs[3]])
-    assert _exact(store.all()) == _exact(runs)
-
-    # every read gives independent objects
-    first, second = store.all()[:2]
-    first["config"]["optim"]["lr"] = 1.0
-    assert second["config"]["optim"]["lr"] == 3e-5 and store.get("run-0")["config"]["optim"]["lr"] == 3e-5
-
-    # still a TinyDB database
-    from tinydb import TinyDB
-
-    with TinyDB(str(path)) as db:
-        assert [doc["id"] for doc in db.table("runs").all()] == [run["id"] for run in runs]
-        assert db.table("meta").get(doc_id=1)["schema_version"] == SCHEMA_VERSION
-    assert store.remove("run-4") and not store.remove("run-4")
-    del runs[4]
-    assert _exact(store.all()) == _exact(runs)
-
-
-def test_a_config_that_would_not_round_trip_is_stored_whole(tmp_path):
-    path = tmp_path / "runs.json"
-    store = RunStore(path)
-    config = default_config_base()
-    config = {"run": config.pop("run"), **config}  # same keys, another order: kept as it is
-    store.insert({"id": "a", "config": config})
-    assert _exact([store.get("a")["config"]]) == _exact([config])
-    assert "config" in json.loads(path.read_text())["runs"]["1"]
-
-
-def test_packed_configs_without_a_base_are_an_error(tmp_path):
-    path = tmp_path / "runs.json"
-    path.write_text(json.dumps({"meta": {"1": {"schema_version": 2}}, "runs": {"1": {"id": "a", PACKED_CONFIG_KEY: {"set": []}}}}))
-    with pytest.raises(StoreError, match="no config_base"):
-        RunStore(path).all()
-
-
 def test_print_json_is_compact_when_piped_and_indented_on_a_terminal(monkeypatch, capsys):
     from dmltui.cli.common import print_json
 
     data = {"b": [1, {"x": None}], "a": Path("p")}
     print_json(data)
-    assert capsys.readouterr().out == '{"a": "p", "b": [1, {"x": null}]}\n'
+    assert capsys.readouterr().out == '{"a":"p","b":[1,{"x":null}]}\n'
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     print_json(data)
     assert capsys.readouterr().out == json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"

@@ -12,6 +12,7 @@ from conftest import REPO
 
 from dmltui import config_form as cf
 from dmltui.launching import plan_runs
+from dmltui.runs import load_config
 from engine.config.presets import ConfigError, PresetLibrary, flatten
 
 # --------------------------------------------------------------------------- the form logic
@@ -228,7 +229,8 @@ def test_launch_from_the_form_runs_to_finished_on_the_runs_screen(isolated_env):
             await until(pilot, lambda: isinstance(app.screen, RunsScreen), timeout=60, what="back on the runs screen")
             [record] = stored_runs()
             assert record["presets"][-1].endswith("digits.toml") and record["tags"] == ["tui"]
-            assert record["config"]["optim"]["epochs"] == 1 and record["config"]["data"]["image_size"] == 8
+            config = load_config(record)
+            assert config["optim"]["epochs"] == 1 and config["data"]["image_size"] == 8
             table = app.screen.query_one(DataTable)
             await until(pilot, lambda: table.row_count == 1, timeout=10, what="the run listed")
             await until(pilot, lambda: (app.run_record(record["id"]) or {}).get("state") in ("finished", "failed", "crashed"),

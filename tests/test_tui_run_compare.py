@@ -152,12 +152,14 @@ def test_config_lines_mark_changed_values_and_hide_unused_loss_parameters():
     assert config_text([]).plain == "(no config recorded)"
 
 
-def test_resolved_config_falls_back_to_config_toml(two_runs):
+def test_resolved_config_is_the_run_dirs_config_toml(two_runs):
     record = two_runs[0]
-    assert resolved_config(record) == record["config"]
-    from_file = resolved_config({"run_dir": record["run_dir"]})
+    assert "config" not in record  # the store keeps no configs
+    from_file = resolved_config(record)
     assert from_file["loss"]["name"] == "margin" and from_file["optim"]["epochs"] == 10
     assert resolved_config({"run_dir": "/nonexistent"}) == {}
+    kept = {"optim": {"epochs": 3}}  # a run migrated from an older store whose run dir was gone keeps its config there
+    assert resolved_config({"run_dir": "/nonexistent", "config": kept}) == kept
 
 
 def test_small_formatters():

@@ -115,16 +115,22 @@ def test_run_cells_show_best_r_at_1(three_runs):
 # --------------------------------------------------------------------------- monitor and tails
 
 
-def test_monitor_reads_the_store_only_when_it_changed(three_runs, isolated_env, monkeypatch):
+def test_monitor_reads_only_the_store_files_that_changed(three_runs, isolated_env, monkeypatch):
+    from dmltui.store import AtomicJSONStorage
+
     monitor = RunsMonitor()
     assert monitor.poll() is True and len(monitor.records) == 3
+    unchanged = dict(monitor.records)
     reads = []
-    original = RunStore.all
-    monkeypatch.setattr(RunStore, "all", lambda self: reads.append(1) or original(self))
+    original = AtomicJSONStorage._read_file
+    monkeypatch.setattr(AtomicJSONStorage, "_read_file", lambda self: reads.append(self.path.name) or original(self))
     assert monitor.poll() is False and reads == []  # nothing changed: not even read
     RunStore(isolated_env / "runs.json").modify(three_runs[0]["id"], lambda r: r.update(notes="changed"))
-    assert monitor.poll() is True and reads == [1]
+    reads.clear()
+    assert monitor.poll() is True
+    assert reads == [f"ended-{three_runs[0]['id'][:6]}.json"]  # the finished run's partition, not the live file
     assert monitor.records[three_runs[0]["id"]]["notes"] == "changed"
+    assert all(monitor.records[r["id"]] is unchanged[r["id"]] for r in three_runs[1:])  # unchanged rows keep their record
 
 
 def test_monitor_follows_a_live_run_and_detects_its_death(isolated_env):

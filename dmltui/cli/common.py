@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from enum import IntEnum
 from typing import Any, NoReturn
@@ -30,11 +29,14 @@ def fail(message: str | list[str], code: ExitCode = ExitCode.FAILED) -> NoReturn
 
 
 def print_json(data: Any) -> None:
-    """JSON with the standard json module (rich would wrap long lines): indented on a terminal, for people;
-    one compact line when piped, for scripts (json's C encoder only serves the compact form: 2,000 runs
-    print in 0.1 s instead of 0.5 s)."""
-    indent = 2 if sys.stdout.isatty() else None
-    sys.stdout.write(json.dumps(data, indent=indent, sort_keys=True, default=str) + "\n")
+    """JSON with sorted keys (orjson: 10,000 runs print in a few milliseconds; rich would wrap long lines): indented
+    on a terminal, for people; one compact line when piped, for scripts."""
+    import orjson
+
+    options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if sys.stdout.isatty() else 0)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(orjson.dumps(data, option=options, default=str) + b"\n")
+    sys.stdout.buffer.flush()
 
 
 GPUS_HELP = ("auto (queue for free GPUs), cpu, or indices like 0,1; default: auto on a machine with GPUs, cpu on one "

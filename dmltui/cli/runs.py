@@ -42,13 +42,16 @@ def list_runs(
     text: Annotated[str | None, typer.Option("--text", help="words that must all appear in the id, name, preset, dataset, loss, miner, tags or notes")] = None,
     sort: Annotated[str, typer.Option("--sort", help="a run field (created_at, name, state...) or a metric (e_recall@1)")] = "created_at",
     ascending: Annotated[bool, typer.Option("--asc", help="ascending order")] = False,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N runs (after filtering and sorting)")] = None,
+    fields: Annotated[str | None, typer.Option("--fields", help="with --json: only these fields of each run, comma-separated (e.g. id,state,best)")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List recorded runs with their state reconciled from the run directories."""
+    wanted = _fields(fields) if fields else None
     records = [r for r in refreshed_runs() if matches(r, states=state, preset=preset, tag=tag, dataset=dataset, text=text)]
-    records = sort_runs(records, sort, descending=not ascending)
+    records = sort_runs(records, sort, descending=not ascending)[:limit]
     if as_json:
-        print_json(records)
+        print_json([{key: r.get(key) for key in wanted} for r in records] if wanted else records)
         return
     from rich.table import Column, Table
 
@@ -69,7 +72,7 @@ def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
     """One run's summary: state, configuration source, best metrics and their epochs, run directory."""
     record = _get(run_id)
     if as_json:
-        print_json(record)
+        print_json({**record, "config": run_ops.load_config(record)})  # the store keeps no configs: the run dir's
         return
     from rich.table import Table
 
@@ -81,6 +84,21 @@ def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
     for key, entry in sorted(record.get("best", {}).items()):
         table.add_row(key, f"{entry['value']:.4f}", str(entry["epoch"]))
     stdout.print(table)
+
+
+RECORD_FIELDS = ("id", "name", "state", "preset", "presets", "dataset", "loss", "miner", "seed", "tags", "notes", "created_at",
+                 "started_at", "ended_at", "epoch", "epochs", "best", "error", "gpus", "run_dir", "host", "pid")
+
+
+def _fields(text: str) -> list[str]:
+    """--fields as a list; exit 2 naming an unknown field and the allowed ones."""
+    wanted = [name.strip() for name in text.split(",") if name.strip()]
+    for name in wanted:
+        if name not in RECORD_FIELDS:
+            fail(f"--fields: unknown field {name!r}; fields: {', '.join(RECORD_FIELDS)}", ExitCode.USAGE)
+    if not wanted:
+        fail(f"--fields: name at least one field of: {', '.join(RECORD_FIELDS)}", ExitCode.USAGE)
+    return wanted
 
 
 def _latest_table(records: list[dict]) -> Table:

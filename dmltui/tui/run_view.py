@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +23,7 @@ from rich.text import Text
 from dmltui.compare import PAPER_METRICS, flatten_config
 from dmltui.listing import duration_seconds
 from dmltui.monitor import epoch_rows, log_tail, metrics_tail
+from dmltui.runs import load_config
 from dmltui.tui.format import duration_text, metric_text, progress_text, state_text
 from engine.metric_names import display_name
 
@@ -191,14 +191,8 @@ def header_text(record: dict[str, Any], now: datetime | None = None) -> Text:
 
 
 def resolved_config(record: dict[str, Any]) -> dict[str, Any]:
-    """The run's resolved config: the store's copy, else its run directory's config.toml (empty if neither)."""
-    if record.get("config"):
-        return record["config"]
-    try:
-        with open(Path(record["run_dir"]) / "config.toml", "rb") as handle:
-            return tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError, KeyError):
-        return {}
+    """The run's resolved config (its run directory's config.toml; empty if it is gone)."""
+    return load_config(record)
 
 
 def default_config() -> dict[str, Any]:

@@ -12,13 +12,15 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from dmltui.compare import logged_metrics
-from dmltui.listing import matches, parse_filter, sort_runs
+from dmltui.listing import parse_filter, record_filter, search_text, sort_runs, sort_value
 from dmltui.tui.format import RUN_COLUMNS, run_cells
 from dmltui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from dmltui.tui.widgets.gpu_panel import GpuPanel
+from dmltui.tui.widgets.runs_table import RunsTable
 from engine.metric_names import display_name
 
 LIVE = ("queued", "running")
+PATCH_LIMIT = 50  # more changed runs than this at once: redraw the list
 
 
 class RunsScreen(Screen):
@@ -46,12 +48,13 @@ class RunsScreen(Screen):
         self.descending = True
         self.selected: set[str] = set()
         self.shown: list[dict[str, Any]] = []
+        self._search_texts: dict[str, tuple[dict[str, Any], str]] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Input(placeholder="/ filter: words, state:running, tag:paper, dataset:cub200, preset:…", id="filter")
         yield Static(id="summary")
-        table = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        table = RunsTable(list(RUN_COLUMNS), id="runs")
         for key, (header, _field, width) in RUN_COLUMNS.items():
             table.add_column(header, key=key, width=width)
         yield table
@@ -67,39 +70,57 @@ class RunsScreen(Screen):
 
     # --------------------------------------------------------------------------- drawing
     @property
-    def table(self) -> DataTable:
-        return self.query_one("#runs", DataTable)
+    def table(self) -> RunsTable:
+        return self.query_one("#runs", RunsTable)
 
     def _runs_changed(self) -> None:
-        self.redraw()
+        changed = self.app.monitor.changed_ids
+        if changed is None or len(changed) > PATCH_LIMIT or not self._patch(changed):
+            self.redraw()
+
+    def _patch(self, changed: set[str]) -> bool:
+        """Show the changed runs' new records in their rows, when that keeps which runs are shown and their order
+        (a live run's epoch or metric moved): a few cells instead of filtering and sorting thousands of runs.
+        False when a full redraw is needed."""
+        passes = record_filter(**parse_filter(self.query_one("#filter", Input).value), text_of=self._search_text)
+        position = {record["id"]: index for index, record in enumerate(self.shown)}
+        shown = list(self.shown)
+        for run_id in changed:
+            record = self.app.monitor.records[run_id]
+            index = position.get(run_id)
+            if (index is not None) != passes(record):
+                return False
+            if index is None:
+                continue
+            if sort_value(shown[index], self.sort_field) != sort_value(record, self.sort_field):
+                return False
+            shown[index] = record
+        self.shown = shown
+        now = self.app.now()
+        self.table.show(shown, lambda record: run_cells(record, selected=record["id"] in self.selected, now=now))
+        self._update_summary()
+        return True
+
+    def _search_text(self, record: dict[str, Any]) -> str:
+        """:func:`search_text`, computed once per record object (filtering re-runs on every keystroke)."""
+        cached = self._search_texts.get(record["id"])
+        if cached is None or cached[0] is not record:
+            cached = self._search_texts[record["id"]] = (record, search_text(record))
+        return cached[1]
 
     def visible_runs(self) -> list[dict[str, Any]]:
         filters = parse_filter(self.query_one("#filter", Input).value)
-        records = [r for r in self.app.monitor.runs() if matches(r, **filters)]
+        records = self.app.monitor.runs()
+        if filters:
+            records = list(filter(record_filter(**filters, text_of=self._search_text), records))
         return sort_runs(records, self.sort_field, descending=self.descending)
 
     def redraw(self, *, force: bool = False) -> None:
         """Show the filtered, sorted runs; *force* re-renders every cell (the selection marks changed)."""
-        table = self.table
-        records = self.visible_runs()
         now = self.app.now()
-        cursor_key = self.cursor_run_id()
-        previous = {r["id"]: r for r in self.shown}
-        self.shown = records
-        if list(previous) == [r["id"] for r in records]:  # same rows in the same order: touch only the changed cells
-            for record in records:
-                if previous[record["id"]] is record and not force:  # the monitor replaces a record when it changes
-                    continue
-                for column, value in run_cells(record, selected=record["id"] in self.selected, now=now).items():
-                    if str(table.get_cell(record["id"], column)) != str(value):
-                        table.update_cell(record["id"], column, value)
-        else:
-            table.clear()
-            for record in records:
-                cells = run_cells(record, selected=record["id"] in self.selected, now=now)
-                table.add_row(*(cells[key] for key in RUN_COLUMNS), key=record["id"])
-            if cursor_key in {r["id"] for r in records}:
-                table.move_cursor(row=table.get_row_index(cursor_key))
+        self.shown = self.visible_runs()
+        self.table.show(self.shown, lambda record: run_cells(record, selected=record["id"] in self.selected, now=now),
+                        force=force, cursor=self.cursor_run_id())
         self._update_summary()
         self._update_empty_state()
 
@@ -111,7 +132,7 @@ class RunsScreen(Screen):
         if not showing:
             return
         filter_text = self.query_one("#filter", Input).value.strip()
-        if self.app.monitor.runs() and filter_text:
+        if self.app.monitor.records and filter_text:
             empty.update(Text.assemble(
                 "No runs match ", (filter_text, "bold"), ".\n\n",
                 ("escape", "bold"), " clears the filter, ", ("/", "bold"), " edits it."))
@@ -125,8 +146,8 @@ class RunsScreen(Screen):
             "From a shell: ", ("uv run dmltui quickstart", "bold")))
 
     def _update_summary(self) -> None:
-        records = self.app.monitor.runs()
-        live = sum(r["state"] in LIVE for r in records)
+        records = self.app.monitor.records
+        live = self.app.monitor.live_count()
         header = RUN_COLUMNS[column][0] if (column := self.sort_field_column()) in RUN_COLUMNS else self.sort_field
         parts = [f"{len(self.shown)} of {len(records)} runs", f"{live} live",
                  f"sort: {header} {'↓' if self.descending else '↑'}"]
@@ -145,16 +166,12 @@ class RunsScreen(Screen):
     def _tick(self) -> None:
         """Running runs' durations advance without any I/O."""
         now = self.app.now()
-        for record in self.shown:
-            if record["state"] == "running":
+        for record in self.app.monitor.live():
+            if record["state"] == "running" and self.table.is_loaded(record["id"]):
                 self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"])
 
     def cursor_run_id(self) -> str | None:
-        table = self.table
-        if not table.row_count:
-            return None
-        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
-        return row_key.value
+        return self.table.cursor_row_key()
 
     def cursor_record(self) -> dict[str, Any] | None:
         run_id = self.cursor_run_id()

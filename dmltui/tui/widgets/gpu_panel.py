@@ -44,7 +44,7 @@ class GpuPanel(Static):
 
     @work(thread=True, exclusive=True, group="gpus", exit_on_error=False)
     def poll(self) -> None:
-        rows = gpus.usage(list(self.app.monitor.records.values()))
+        rows = gpus.usage(self.app.monitor.live())
         self.app.call_from_thread(self.show_rows, rows)
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
