@@ -150,11 +150,13 @@ def test_store_rebuild_restores_every_run_with_tags_and_notes(tiny, isolated_env
     assert rebuilt.returncode == 0, rebuilt.stderr
     report = json.loads(rebuilt.stdout)
     assert Path(report["previous"]).read_text() == '{"runs": {"1": '  # kept, not deleted
+    assert list(Path(f"{report['previous']}.d").glob("ended-*.json"))  # with its partitions of ended runs
     after = {r["id"]: r for r in runs_json()}
     assert set(after) == set(before)
     for run_id, record in before.items():
-        for key in ("name", "state", "best", "tags", "notes", "run_dir", "config", "preset"):
+        for key in ("name", "state", "best", "tags", "notes", "run_dir", "preset"):
             assert after[run_id][key] == record[key], key
+        assert show(run_id)["config"]["optim"]["epochs"] == 1  # from the run dir's config.toml
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_after_commit_runs_under_the_lock_only_after_a_commit(tmp_path):
 
 # --- random interleavings --------------------------------------------------------------------------------------
 
-OPERATIONS = ("add", "remove", "note", "count", "insert", "delete")
+OPERATIONS = ("add", "remove", "note", "count", "insert", "delete", "end", "reopen")  # end/reopen move runs between files
 
 
 def _journal(path: str, entry: str) -> None:
@@ -148,7 +148,7 @@ def _interleaver(path: str, journal: str, worker: int, steps: int, seed: int) ->
             run_id = rng.choice(tx.ids())
             if operation == "insert":
                 run_id = value
-                tx.insert({"id": run_id, "tags": [], "notes": "", "count": 0})
+                tx.insert({"id": run_id, "tags": [], "notes": "", "count": 0, "state": "queued"})
             elif operation == "delete":
                 if run_id.startswith("r"):  # the four first runs stay
                     continue
@@ -163,17 +163,20 @@ def _interleaver(path: str, journal: str, worker: int, steps: int, seed: int) ->
                 tx.modify(run_id, lambda r, value=value: r.update(notes=value))
             elif operation == "count":
                 tx.modify(run_id, lambda r: r.update(count=r["count"] + 1))
+            elif operation in ("end", "reopen"):
+                state = "finished" if operation == "end" else "queued"
+                tx.modify(run_id, lambda r, state=state: r.update(state=state))
             entry = json.dumps([operation, run_id, value])
             tx.after_commit(lambda entry=entry: _journal(journal, entry))
 
 
 def _replay(journal: list[list]) -> dict[str, dict]:
     """The journal applied in order, one operation at a time: what a serial execution gives."""
-    runs = {f"r{i}": {"tags": [], "notes": "", "count": 0} for i in range(4)}
+    runs = {f"r{i}": {"tags": [], "notes": "", "count": 0, "state": "queued"} for i in range(4)}
     for operation, run_id, value in journal:
         run = runs.get(run_id)
         if operation == "insert":
-            runs[run_id] = {"tags": [], "notes": "", "count": 0}
+            runs[run_id] = {"tags": [], "notes": "", "count": 0, "state": "queued"}
         elif operation == "add":
             run["tags"].append(value)
         elif operation == "remove":
@@ -184,13 +187,15 @@ def _replay(journal: list[list]) -> dict[str, dict]:
             run["count"] += 1
         elif operation == "delete":
             del runs[run_id]
+        elif operation in ("end", "reopen"):
+            run["state"] = "finished" if operation == "end" else "queued"
     return runs
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_random_interleavings_end_as_their_serial_order(tmp_path, seed):
     path, journal = tmp_path / "runs.json", tmp_path / "journal.jsonl"
-    RunStore(path).insert(*({"id": f"r{i}", "tags": [], "notes": "", "count": 0} for i in range(4)))
+    RunStore(path).insert(*({"id": f"r{i}", "tags": [], "notes": "", "count": 0, "state": "queued"} for i in range(4)))
     context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_interleaver, args=(str(path), str(journal), w, 30, seed * 100 + w)) for w in range(6)]
     for worker in workers:
@@ -200,7 +205,7 @@ def test_random_interleavings_end_as_their_serial_order(tmp_path, seed):
         assert worker.exitcode == 0
     entries = [json.loads(line) for line in journal.read_text().splitlines()]
     assert len(entries) > 100 and {e[0] for e in entries} == set(OPERATIONS)
-    stored = {r["id"]: {k: r[k] for k in ("tags", "notes", "count")} for r in RunStore(path).all()}
+    stored = {r["id"]: {k: r[k] for k in ("tags", "notes", "count", "state")} for r in RunStore(path).all()}
     assert stored == _replay(entries)
     assert sum(r["count"] for r in stored.values()) >= 1
 
