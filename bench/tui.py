@@ -110,9 +110,9 @@ def session(script: Path, env: dict, columns: int, lines: int, total: int, idle_
     """One run of the TUI on a pty: first paint, idle CPU over *idle_seconds* (if any), then the new-run form."""
     started = time.perf_counter()
     pid, fd = pty.fork()
-    if pid == 0:
+    if pid == 0:  # the terminal has its size before the program starts, as a real one does
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, columns * 10, lines * 20))
         os.execve(str(script), [str(script)], env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     output = bytearray()
     painted = drain(fd, 30.0, until=f"{total} of {total} runs".encode(), buffer=output)
     figures = {"first_paint_s": time.perf_counter() - started}

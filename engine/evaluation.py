@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,21 +14,25 @@ from engine.data import ImageDataset
 
 @torch.no_grad()
 def embed_dataset(model: torch.nn.Module, dataset: ImageDataset, *, batch_size: int, device: torch.device,
-                  workers: int = 0, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  workers: int = 0, channels_last: bool = False,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (float32, on the CPU) and labels of every item, in dataset order, in eval mode
-    (under the caller's autocast, if any)."""
+    (under the caller's autocast, if any). *progress* is called with (items done, items) after each batch."""
     was_training = model.training
     model.eval()
     # A private generator: evaluating must not consume the training's global random stream.
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator())
-    chunks, labels = [], []
+    chunks, labels, done = [], [], 0
     for images, batch_labels, _ in loader:
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         chunks.append(model(images).float().cpu())
         labels.append(batch_labels)
+        done += len(batch_labels)
+        if progress is not None:
+            progress(done, len(dataset))
     model.train(was_training)
     return torch.cat(chunks), torch.cat(labels)
 

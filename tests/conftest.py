@@ -149,3 +149,28 @@ async def tables_settled(pilot, timeout: float = 10.0) -> None:
         assert time.monotonic() < deadline, "the screen never settled"
         previous = current
         await pilot.pause(0.2)
+
+
+QUICKSTART_METRICS = "eval.metrics=['e_recall@1', 'e_recall@2', 'map_at_r', 'nmi']"
+
+
+@pytest.fixture(scope="session")
+def finished_quickstart(tmp_path_factory, data_root) -> Path:
+    """The run directory of a finished `dmltui quickstart` (2 epochs on glyphs, map_at_r logged), made once per
+    test worker. Tests that write into a run (caches, checkpoints) copy it first: see ``quickstart_copy``."""
+    import json
+
+    home = tmp_path_factory.mktemp("quickstart-home")
+    result = dmltui("quickstart", "--set", "optim.epochs=2", "--set", QUICKSTART_METRICS, "--json", timeout=400,
+                    env={"DMLTUI_HOME": str(home), "DMLTUI_DATA": str(data_root), "OMP_NUM_THREADS": "1",
+                         "MKL_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    return Path(json.loads(result.stdout)["run_dir"])
+
+
+@pytest.fixture
+def quickstart_copy(finished_quickstart, tmp_path) -> Path:
+    """A private copy of the finished quickstart run (file times kept, new inodes), not in any store."""
+    import shutil
+
+    return Path(shutil.copytree(finished_quickstart, tmp_path / "quickstart-run"))

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dmltui.cli import compare, data, db, launch, presets, quickstart, runs, schema, tui
+from dmltui.cli import compare, data, db, inspect, launch, presets, quickstart, runs, schema, tui
 from dmltui.cli.common import ExitCode
 from dmltui.home import SettingError
 from dmltui.store import StoreBusy, StoreError
@@ -32,6 +32,9 @@ app.command("schema")(schema.schema)
 app.command("compare")(compare.compare)
 app.command("report")(compare.report)
 app.command("tui")(tui.tui)
+app.command("inspect")(inspect.inspect)
+app.command("export")(inspect.export)
+app.command("search")(inspect.search)
 
 
 def _interrupted(signum: int, frame: object) -> None:

@@ -74,6 +74,14 @@ def member_table(q_class: torch.Tensor, g_class: torch.Tensor, self_index: torch
     return torch.where(valid, rows, torch.full_like(rows, -1))
 
 
+def precision_gain(relf: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Σ_{i≤r} rel_i·P@i for every prefix r of each relevance row: the numerators of AP (mAP variants, MAP@R).
+
+    *relf*: block × depth relevance (float64), *ranks*: 1..depth (float64).
+    """
+    return torch.cumsum(relf * (torch.cumsum(relf, dim=1) / ranks), dim=1)
+
+
 def first_hit_ranks(
     dist: torch.Tensor, q_class: torch.Tensor, g_class: torch.Tensor, members: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -173,7 +181,7 @@ def retrieval_pass(
         last = (rq.clamp(min=1, max=depth) - 1).unsqueeze(1)  # position of rank R_q (R_q ≥ 1 rows only matter)
         relf = rel.to(torch.float64)
         if need_gain:
-            gain = torch.cumsum(relf * (torch.cumsum(relf, dim=1) / ranks), dim=1)  # Σ_{i≤r} rel_i·P@i
+            gain = precision_gain(relf, ranks)
             fq = f[start:stop].to(torch.float64)
             for v, limit in limits.items():
                 if v == "c":

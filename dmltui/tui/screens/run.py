@@ -40,10 +40,12 @@ from dmltui.tui.run_view import (
     split_curves,
 )
 from dmltui.tui.screens.dialogs import ConfirmScreen
+from dmltui.tui.widgets.retrieval import RetrievalPanel
 from engine.metric_names import display_name
 
 RUN_POLL_SECONDS = 0.5
-TABS = {"metrics": "1 Metrics", "curves": "2 Curves", "log": "3 Log", "config": "4 Config", "checkpoints": "5 Checkpoints"}
+TABS = {"metrics": "1 Metrics", "curves": "2 Curves", "log": "3 Log", "config": "4 Config", "checkpoints": "5 Checkpoints",
+        "retrieval": "6 Retrieval"}
 # ANSI colour names: the same meaning in 16 colours
 SPLIT_COLOURS = {"val": "magenta", "test": "cyan", "train": "green"}
 LOSS_COLOUR = "yellow"
@@ -118,6 +120,8 @@ class RunScreen(Screen):
             with TabPane(TABS["checkpoints"], id="checkpoints"):
                 yield Static(id="checkpoint-note")
                 yield DataTable(id="checkpoint-table", cursor_type="row")
+            with TabPane(TABS["retrieval"], id="retrieval"):
+                yield RetrievalPanel(id="retrieval-panel")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -291,13 +295,17 @@ class RunScreen(Screen):
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
-        focus = {"metrics": "#epochs", "log": "#train-log", "config": "#config-scroll", "checkpoints": "#checkpoint-table"}
+        focus = {"metrics": "#epochs", "log": "#train-log", "config": "#config-scroll", "checkpoints": "#checkpoint-table",
+                 "retrieval": "#retrieval-table"}
         if tab in focus:
             self.query_one(focus[tab]).focus()
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
         self.refresh_bindings()
+        record = self.record
+        if record is not None and self.query_one(TabbedContent).active == "retrieval":
+            self.query_one(RetrievalPanel).open(record["run_dir"])  # computed once, on the first visit
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "next_metric":
