@@ -9,6 +9,7 @@ from typing import Any
 
 from dmltui import home
 from dmltui import runs as run_ops
+from dmltui.executors import slurm
 from engine.config.presets import ConfigError, ResolvedConfig, resolve
 
 
@@ -117,12 +118,22 @@ def device_problems(planned: list[PlannedRun], gpus: str) -> list[str]:
             "train on the CPU (--gpus cpu, or this machine has no GPUs): set run.device='auto' or 'cpu', or give GPUs"]
 
 
-def start_runs(planned: list[PlannedRun], *, gpus: str = "cpu", tags: list[str] = (), gpus_per_run: int = 1) -> list[dict[str, Any]]:
-    """Prepare every run's directory and record them all in one store write, then start each detached; returns
-    their records. *gpus* is what :func:`resolve_gpus` returned; ConfigError when it cannot serve the configs."""
-    problems = device_problems(planned, gpus)
+def start_runs(planned: list[PlannedRun], *, gpus: str = "cpu", tags: list[str] = (), gpus_per_run: int = 1,
+               slurm_settings: slurm.SlurmSettings | None = None) -> list[dict[str, Any]]:
+    """Prepare every run's directory and record them all in one store write, then start them: each detached on this
+    machine, or, with *slurm_settings*, all as one SLURM job array. Returns their records. *gpus* is what
+    :func:`resolve_gpus` returned; ConfigError when it cannot serve the configs; SlurmError when SLURM refuses
+    (then the runs' directories and records are removed again)."""
+    problems = device_problems(planned, gpus) if slurm_settings is None else []
     if problems:
         raise ConfigError(problems)
     sweep_tag = ["sweep"] if any(run.grid for run in planned) and "sweep" not in tags else []
     records = run_ops.prepare_runs([(run.resolved, run.name) for run in planned], tags=[*tags, *sweep_tag])
-    return [run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run) for record in records]
+    if slurm_settings is None:
+        return [run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run) for record in records]
+    try:
+        slurm.submit([record["run_dir"] for record in records], slurm_settings)
+    except slurm.SlurmError:
+        run_ops.discard(records)  # nothing was submitted: no run is left behind
+        raise
+    return [{**record, **run_ops.summarize(record["run_dir"])} for record in records]

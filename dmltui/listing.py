@@ -9,7 +9,7 @@ from typing import Any
 from dmltui import runs as run_ops
 from dmltui.store import RunStore
 
-LIVE_STATES = ("queued", "running")
+LIVE_STATES = ("queued", "running", "requeued")  # requeued: a SLURM job back in the queue after a time-out
 
 
 def refreshed_runs(store: RunStore | None = None) -> list[dict[str, Any]]:

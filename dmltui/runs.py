@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmltui import home
+from dmltui.executors import slurm
 from dmltui.gpus import resolve_request
 from dmltui.store import RunStore, Transaction
 from engine.io import atomic_write_json
@@ -198,11 +199,19 @@ def derive_state(status: dict[str, Any], *, now: datetime | None = None, this_ho
 
 
 def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Store fields derived from a run directory."""
+    """Store fields derived from a run directory (and, for a run on SLURM, from squeue)."""
     rd = RunDir(run_dir)
     status = rd.read_status()
+    job: dict[str, Any] = {}
+    if status.get("executor") == "slurm":
+        jobs = slurm.queue()
+        state = slurm.derive_state(status, jobs)
+        job = slurm.job_fields(status, jobs)
+    else:
+        state = derive_state(status)
     return {
-        "state": derive_state(status),
+        **job,
+        "state": state,
         "pid": status.get("pid"),
         "started_at": status.get("started_at"),
         "ended_at": status.get("ended_at"),
@@ -324,10 +333,12 @@ def launch_detached(record: dict[str, Any], *, gpus: str = "cpu", count: int = 1
 
 def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
     """SIGTERM the run's process group (the engine checkpoints and ends ``stopped``); SIGKILL after *timeout*."""
-    if record["state"] not in ("queued", "running"):
+    if record["state"] not in ("queued", "running", "requeued"):
         raise RunError(f"run {record['id']} is {record['state']}; only queued or running runs can be stopped")
     rd = RunDir(record["run_dir"])
     status = rd.read_status()
+    if status.get("executor") == "slurm":
+        return _stop_slurm_job(record, rd, status, timeout)
     pid = status.get("pid")
     group = status.get("pgid") or pid  # torchrun runs: rank 0's pid differs from the launcher's group
     if pid and pid_alive(pid):
@@ -341,6 +352,22 @@ def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
                 time.sleep(0.05)
     if rd.read_status().get("state") not in FINAL_STATES:  # killed, or stopped before the engine started
         rd.update_status(state="stopped", ended_at=now_iso(), error="stopped by the run manager before it checkpointed")
+    return reconcile(record["id"])
+
+
+def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """scancel the run's job; a running engine checkpoints on the SIGTERM SLURM sends. Waits until the job has left
+    the queue (or *timeout*), then a run that never wrote a final state is ``stopped``."""
+    slurm.cancel(status)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slurm.forget_queue()
+        jobs = slurm.queue()
+        if jobs is not None and str(status.get("slurm_job_id")) not in jobs:
+            break
+        time.sleep(0.5)
+    if rd.read_status().get("state") not in FINAL_STATES:
+        rd.update_status(state="stopped", ended_at=now_iso(), error="stopped by the run manager (scancel) before it checkpointed")
     return reconcile(record["id"])
 
 
@@ -366,8 +393,12 @@ def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -
         rd = RunDir(current["run_dir"])
         if not (rd.checkpoints / "last.pt").is_file():
             raise RunError(f"run {current['id']} has no checkpoint to resume from ({rd.checkpoints / 'last.pt'})")
-        rd.update_status(state="queued", pid=None, ended_at=None, error=None)
-        launch_detached(current, gpus=gpus, count=count, resume=True)
+        if rd.read_status().get("executor") == "slurm":  # back to the cluster, as one job
+            rd.update_status(state="queued", ended_at=None, error=None)
+            slurm.submit([current["run_dir"]], slurm.SlurmSettings.load(), resume=True)
+        else:
+            rd.update_status(state="queued", pid=None, ended_at=None, error=None)
+            launch_detached(current, gpus=gpus, count=count, resume=True)
         return tx.modify(current["id"], refresh)
 
 
@@ -389,11 +420,19 @@ def remove(record: dict[str, Any], *, keep_files: bool = False) -> None:
     """Forget a run that is not live and, unless *keep_files*, delete its directory; decided under the store's lock."""
     with open_store().transaction() as tx:
         current = tx.modify(resolve_id(tx, record["id"]), refresh)
-        if current["state"] in ("queued", "running"):
+        if current["state"] in ("queued", "running", "requeued"):
             raise RunError(f"run {current['id']} is {current['state']}; stop it first")
         tx.remove(current["id"])
         if not keep_files:
             tx.after_commit(lambda: shutil.rmtree(current["run_dir"], ignore_errors=True))
+
+
+def discard(records: list[dict[str, Any]]) -> None:
+    """Forget runs that never started (their submission failed) and delete their directories, in one transaction."""
+    with open_store().transaction() as tx:
+        for record in records:
+            tx.remove(record["id"])
+        tx.after_commit(lambda: [shutil.rmtree(record["run_dir"], ignore_errors=True) for record in records])
 
 
 def write_manager(record: dict[str, Any]) -> None:

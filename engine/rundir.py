@@ -31,7 +31,8 @@ from typing import Any
 
 from engine.io import append_line, atomic_write_json, atomic_write_text, read_jsonl
 
-STATES = ("queued", "running", "finished", "failed", "crashed", "stopped", "diverged")
+# requeued: checkpointed at a SLURM time limit or preemption, waiting in the queue to resume (not final)
+STATES = ("queued", "running", "requeued", "finished", "failed", "crashed", "stopped", "diverged")
 FINAL_STATES = ("finished", "failed", "crashed", "stopped", "diverged")
 HEARTBEAT_SECONDS = 2.0
 STATUS_VERSION = 1

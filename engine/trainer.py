@@ -99,15 +99,20 @@ def setup_logging(run_dir: RunDir, console: bool) -> None:
         log.addHandler(stream)
 
 
+# SIGUSR2 is what SLURM sends (through submitit's --signal) before a job's time limit or a preemption: the run
+# checkpoints as when it is stopped, and the job is requeued to resume it. Its default action would kill the engine.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
+
+
 class StopRequested:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints and ends in state ``stopped``."""
+    """SIGTERM/SIGINT/SIGUSR2 set a flag; the loop checkpoints and ends in state ``stopped``."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequested:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

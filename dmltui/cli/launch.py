@@ -33,8 +33,29 @@ def _plan(presets: list[str], overrides: list[str], **kwargs) -> list[PlannedRun
     return planned
 
 
+def _slurm_settings(on: str, slurm: list[str] | None):
+    """--on and --slurm as SlurmSettings (None for this machine); exit 2 with one line for a bad setting or a machine
+    without sbatch, before any run directory is made."""
+    from dmltui.executors import PLACES
+    from dmltui.executors.slurm import SlurmError, SlurmSettings, check_available
+
+    if on not in PLACES:
+        fail(f"--on {on!r}: expected one of {', '.join(PLACES)}", ExitCode.USAGE)
+    if on == "local":
+        if slurm:
+            fail("--slurm settings need --on slurm", ExitCode.USAGE)
+        return None
+    try:
+        settings = SlurmSettings.load(slurm or [])
+        check_available()
+    except SlurmError as error:
+        fail(str(error), ExitCode.USAGE)
+    return settings
+
+
 def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
-    """start_runs, with a config that --gpus cannot serve as exit 2."""
+    """start_runs, with a config that --gpus cannot serve as exit 2, and a submission SLURM refuses as exit 1."""
+    from dmltui.executors.slurm import SlurmError
     from dmltui.launching import start_runs
     from engine.config.presets import ConfigError
 
@@ -42,6 +63,13 @@ def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
         return start_runs(planned, **kwargs)
     except ConfigError as error:
         fail(error.lines, ExitCode.USAGE)
+    except SlurmError as error:
+        fail(str(error), ExitCode.FAILED)
+
+
+OnOption = Annotated[str, typer.Option("--on", help="where the runs execute: local (this machine) or slurm (one job array)")]
+SlurmOption = Annotated[list[str] | None, typer.Option(
+    "--slurm", help="KEY=VALUE over the [slurm] table of the config file (partition, time, gpus_per_task...); repeatable")]
 
 
 def run(
@@ -53,12 +81,15 @@ def run(
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag the runs; repeatable")] = None,
     gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="with --gpus auto: GPUs per run (DDP via torchrun)")] = 1,
     follow: Annotated[bool, typer.Option("--follow", help="watch the runs' metrics until they end")] = False,
+    on: OnOption = "local",
+    slurm: SlurmOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the started runs as JSON")] = False,
 ) -> None:
     """Start training runs in the background (one per seed); they survive this shell and a dropped SSH session."""
-    gpus = checked_gpus(gpus, per_run=gpus_per_run)
+    settings = _slurm_settings(on, slurm)
+    gpus = checked_gpus(gpus, per_run=gpus_per_run) if settings is None else "cpu"
     planned = _plan(presets, overrides or [], seeds=seeds, name=name, tags=tags or [])
-    records = _start(planned, gpus=gpus, tags=tags or [], gpus_per_run=gpus_per_run)
+    records = _start(planned, gpus=gpus, tags=tags or [], gpus_per_run=gpus_per_run, slurm_settings=settings)
     if as_json:
         print_json(records)
     else:
@@ -76,10 +107,13 @@ def sweep(
     gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag every run; repeatable")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs, start nothing")] = False,
+    on: OnOption = "local",
+    slurm: SlurmOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON")] = False,
 ) -> None:
     """Launch the product of a parameter grid (times the seeds) as detached runs."""
-    gpus = checked_gpus(gpus)
+    settings = _slurm_settings(on, slurm)
+    gpus = checked_gpus(gpus) if settings is None else "cpu"
     planned = _plan(presets, overrides or [], seeds=seeds, grid=grid, tags=tags or [])
     if dry_run:
         rows = [{"grid": run.grid, "seed": run.seed, "name": run.name} for run in planned]
@@ -89,7 +123,7 @@ def sweep(
             for row in rows:
                 stdout.print(" ".join(f"{k}={v}" for k, v in row["grid"].items()) + f" seed={row['seed']}", highlight=False)
         return
-    records = _start(planned, gpus=gpus, tags=tags or [])
+    records = _start(planned, gpus=gpus, tags=tags or [], slurm_settings=settings)
     if as_json:
         print_json(records)
     else:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # rich's tables are imported where a table is drawn: `runs li
 
 app = typer.Typer(help="Runs recorded in the store.", no_args_is_help=True)
 
-STATE_STYLE = {"queued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
+STATE_STYLE = {"queued": "cyan", "requeued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
                "stopped": "magenta", "diverged": "red"}
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 IdArgument = Annotated[str, typer.Argument(help="run id (or a unique prefix of one)")]
@@ -87,7 +87,8 @@ def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
 
 
 RECORD_FIELDS = ("id", "name", "state", "preset", "presets", "dataset", "loss", "miner", "seed", "tags", "notes", "created_at",
-                 "started_at", "ended_at", "epoch", "epochs", "best", "error", "gpus", "run_dir", "host", "pid")
+                 "started_at", "ended_at", "epoch", "epochs", "best", "error", "gpus", "run_dir", "host", "pid", "executor",
+                 "slurm_job_id", "slurm_state", "slurm_reason", "slurm_node")
 
 
 def _fields(text: str) -> list[str]:

@@ -11,7 +11,7 @@ from textual.binding import Binding
 from dmltui.listing import best_value, duration_seconds, parse_time
 
 # ANSI colour names: readable in a 16-colour terminal as well as in truecolor
-STATE_COLOURS = {"queued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
+STATE_COLOURS = {"queued": "cyan", "requeued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
                  "stopped": "magenta", "diverged": "red"}
 BAR_WIDTH = 8
 

@@ -19,7 +19,7 @@ from dmltui.tui.widgets.gpu_panel import GpuPanel
 from dmltui.tui.widgets.runs_table import RunsTable
 from engine.metric_names import display_name
 
-LIVE = ("queued", "running")
+LIVE = ("queued", "running", "requeued")
 PATCH_LIMIT = 50  # more changed runs than this at once: redraw the list
 
 
