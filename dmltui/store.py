@@ -82,7 +82,9 @@ def period_of(run_id: str) -> str:
 
 def record_of(doc: dict[str, Any]) -> dict[str, Any]:
     """A stored document as callers see it: a new dict, without the revision."""
-    return {key: value for key, value in doc.items() if key != REVISION_KEY}
+    record = dict(doc)
+    record.pop(REVISION_KEY, None)
+    return record
 
 
 def newer(doc: dict[str, Any], other: dict[str, Any]) -> bool:
@@ -217,11 +219,10 @@ class Partition:
         self._moved_out: list[int] = []  # written in the second phase, after the runs' new partitions
 
     def docs(self) -> dict[str, dict[str, Any]]:
-        if self._docs is None:
-            self._docs, self._doc_ids = {}, {}
-            for doc in self._table.all():
-                self._docs[doc["id"]] = doc
-                self._doc_ids[doc["id"]] = doc.doc_id
+        if self._docs is None:  # the parsed table as the storage holds it (TinyDB's Document per row: 30 ms at 10,000)
+            table = (self.db.storage.read() or {}).get(RUNS_TABLE, {})
+            self._docs = {doc["id"]: doc for doc in table.values()}
+            self._doc_ids = {doc["id"]: int(doc_id) for doc_id, doc in table.items()}
         return self._docs
 
     def put(self, doc: dict[str, Any]) -> None:
