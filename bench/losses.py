@@ -1,4 +1,4 @@
-"""Median milliseconds per forward+backward of every loss+miner pair the presets use.
+"""Median milliseconds per forward+backward of every loss+miner pair the presets use, and of the losses of issue 13.
 
     uv run python bench/losses.py [--json] [--repeats 50] [--device cpu|cuda]
 
@@ -12,11 +12,12 @@ Targets (CPU, 2 threads):
   (triplet+distance), 16 ms (margin+distance), 19 ms (multisimilarity), 38 ms (lifted),
   62 ms (npair) and 108 ms (angular+npair) per step.
 * Proxy losses (no miner, trainable vectors per training class: proxynca, softmax,
-  arcface, softtriplet): every pair <= 1.5x the floor of the same shapes, the
+  arcface, softtriplet, proxy_anchor, cosface, subcenter_arcface): every pair <= 1.5x the floor of the same shapes, the
   forward+backward of the simplest proxy loss,
   ``F.cross_entropy(16 * F.linear(F.normalize(x), F.normalize(W)), y)`` with x 112x128 and
   W as many rows x 128 as the loss has proxies, both requiring grad, measured in the same
-  process: 100 rows for most, 100 x K for SoftTriple's K centres per class (``floor_ms``
+  process: 100 rows for most, 100 x K for SoftTriple's K centres and Sub-center ArcFace's
+  K sub-centres per class (``floor_ms``
   is the 100-row floor, ``floor_ms_by_rows`` every one measured). The floor's x is the
   raw leaf, so its normalisation is timed forward and backward; a pair's normalised
   embeddings are made before the clock starts (their backward counts).
@@ -49,6 +50,9 @@ from engine.config.presets import bundled_presets_dir, resolve
 
 PEER_MS = {"triplet+distance": 15, "margin+distance": 16, "multisimilarity+none": 19, "lifted+lifted": 38,
            "npair+npair": 62, "angular+npair": 108}
+# The newer losses (issue 13) at their defaults, whether or not a preset uses them; all normalise inside.
+NEWER_PAIRS = [(name, "none", True) for name in ("proxy_anchor", "supcon", "ntxent", "cosface", "subcenter_arcface",
+                                                 "circle", "fastap", "smoothap")]
 BATCH, DIM, NUM_CLASSES = 112, 128, 100
 WARMUP = 5
 ROUNDS = 5  # chunks per pair, each preceded by an equal chunk of floor steps
@@ -60,7 +64,7 @@ Step = Callable[[], float]
 
 
 def preset_pairs() -> list[tuple[str, str, bool]]:
-    """(loss, miner or 'none', normalised) for every method preset."""
+    """(loss, miner or 'none', normalised) for every method preset, and the newer losses."""
     pairs = {}
     for path in sorted(bundled_presets_dir().glob("*.toml")):
         raw = tomllib.loads(path.read_text())
@@ -69,6 +73,8 @@ def preset_pairs() -> list[tuple[str, str, bool]]:
         config = resolve([path.stem, "cub200"]).config
         miner = config.miner.name if catalog.uses_miner(config.loss.name) else "none"
         pairs[(config.loss.name, miner)] = config.model.arch.endswith("normalize")
+    for loss, miner, normalised in NEWER_PAIRS:
+        pairs.setdefault((loss, miner), normalised)
     return [(loss, miner, normalised) for (loss, miner), normalised in sorted(pairs.items())]
 
 
@@ -94,7 +100,7 @@ def pair_step(loss_name: str, miner_name: str, normalised: bool, device: torch.d
     loss = losses.LOSSES.get(loss_name).from_config(config, NUM_CLASSES, miner).to(device)
     params = list(loss.parameters())
     kind = "proxy" if params and not loss.REQUIRES_MINER else "tuple"
-    rows = max([p.numel() // DIM for p in params if p.ndim == 2 and DIM in p.shape], default=NUM_CLASSES)
+    rows = max([p.numel() // DIM for p in params if p.ndim >= 2 and DIM in p.shape], default=NUM_CLASSES)
     labels = torch.randint(0, NUM_CLASSES, (BATCH // 2,), device=device).repeat_interleave(2)
     base = torch.randn(BATCH, DIM, device=device)
 

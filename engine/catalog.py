@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import timm_hub
 from engine.io import atomic_write_text
 from engine.registry import REGISTRY_MODULES, UnknownNameError, by_kind, did_you_mean
 
@@ -36,6 +37,8 @@ def build() -> dict[str, Any]:
         # which losses take a miner, and which tuple structures: a config pairing them wrongly is refused
         "loss_miner_outputs": {name: list(cls.MINER_OUTPUTS) if cls.REQUIRES_MINER else None for name, cls in losses.items()},
         "miner_output": {name: cls.OUTPUT for name, cls in miners.items()},
+        # the losses that a cross-batch memory (loss.xbm) can feed: tuple losses and pair losses with references
+        "memory_losses": [name for name, cls in losses.items() if cls.accepts_memory()],
     }
 
 
@@ -94,6 +97,24 @@ def check_miner(loss: str, miner: str) -> None:
         raise ValueError(f"miner.name={miner!r} cannot feed loss.name={loss!r}; allowed miners: {', '.join(allowed)}")
 
 
+def memory_losses() -> list[str]:
+    """The losses that ``loss.xbm`` can feed (tuple losses, and pair losses that compare against references)."""
+    if _live("loss"):
+        return [name for name, cls in by_kind("loss").items() if cls.accepts_memory()]
+    return list(_stored()["memory_losses"])
+
+
+def memory_error(loss: str) -> str:
+    """The one-line refusal of ``loss.xbm`` for a loss that cannot use a cross-batch memory."""
+    return f"loss.xbm cannot feed loss.name={loss!r} (no pairs to extend); allowed losses: {', '.join(memory_losses())}"
+
+
+def check_memory(loss: str) -> None:
+    """ValueError when ``loss.xbm`` is enabled with a loss that cannot use a cross-batch memory."""
+    if loss not in memory_losses():
+        raise ValueError(memory_error(loss))
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """A parsed ``model.arch``: the backbone and its modifiers."""
@@ -102,15 +123,31 @@ class ArchSpec:
     modifiers: frozenset[str]
 
 
+def _parse_timm_arch(arch: str) -> ArchSpec:
+    """``timm:<timm model name>`` followed by modifiers (no timm name ends in a modifier's word)."""
+    tokens = arch[len(timm_hub.PREFIX) :].split("_")
+    cut = len(tokens)
+    while cut > 1 and tokens[cut - 1] in MODIFIERS:
+        cut -= 1
+    name = "_".join(tokens[:cut])
+    try:
+        timm_hub.resolve(name)
+    except timm_hub.TimmNameError as error:
+        raise ValueError(str(error)) from None
+    return ArchSpec(timm_hub.PREFIX + name, frozenset(tokens[cut:]))
+
+
 def parse_arch(arch: str) -> ArchSpec:
     """Split ``resnet50_frozen_normalize`` into backbone and modifiers; ValueError naming what is allowed."""
+    if arch.startswith(timm_hub.PREFIX):
+        return _parse_timm_arch(arch)
     known = names("architecture")
     backbone = next((n for n in sorted(known, key=len, reverse=True) if arch == n or arch.startswith(n + "_")), None)
     if backbone is None:
         head = arch.split("_")[0]
         raise ValueError(
             f"unknown architecture {arch!r}{did_you_mean(head, known)}; allowed: "
-            f"{', '.join(known)} followed by modifiers _{', _'.join(MODIFIERS)}"
+            f"{', '.join(known)} or {timm_hub.PREFIX}<any timm model name>, followed by modifiers _{', _'.join(MODIFIERS)}"
         )
     tokens = [t for t in arch[len(backbone) :].split("_") if t]
     unknown = [t for t in tokens if t not in MODIFIERS]
@@ -128,6 +165,8 @@ def write() -> Path:
         importlib.import_module(module)
     atomic_write_text(CATALOG_FILE, json.dumps(build(), indent=1, sort_keys=True) + "\n")
     _stored.cache_clear()
+    if timm_hub.installed_version():
+        timm_hub.write()
     return CATALOG_FILE
 
 

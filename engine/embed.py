@@ -184,30 +184,24 @@ def load_checkpoint(ckpt: Checkpoint) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def build_model(config, state: dict[str, Any]):
     """The run's embedding model (on the CPU, eval mode) with the checkpoint's weights."""
-    from engine.models import create_model
+    from engine.models import from_config
 
-    model = create_model(config.model.arch, embed_dim=config.model.embed_dim, pretrained=False)
+    model = from_config(config, pretrained=False)
     model.load_state_dict(state["model"])
     return model.eval()
 
 
 def input_size(config) -> int:
     """The side of the network's input, as the trainer sizes it."""
-    from engine.models import backbone_info
+    from engine.models import input_spec
 
-    size = config.data.image_size or backbone_info(config.model.arch).input_size
-    if config.data.augmentation == "big" and config.data.image_size is None:
-        size = 256
-    return size
+    return input_spec(config).size
 
 
 def eval_transform(config):
-    from engine.data import build_transform
-    from engine.models import backbone_info
+    from engine.models import input_spec
 
-    backbone = backbone_info(config.model.arch)
-    return build_transform(config.data.augmentation, input_size(config), train=False, mean=backbone.mean,
-                           std=backbone.std)
+    return input_spec(config).transform(config.data.augmentation, train=False)
 
 
 def resolve_device(device: str | None):

@@ -44,12 +44,16 @@ def raw_pixels(dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def evaluate_embeddings(embeddings: torch.Tensor, labels: torch.Tensor, names: list[str], *, seed: int = 0,
-                        on_gpu: bool = False, backend: str = "auto") -> tuple[dict[str, Any], dict[str, str]]:
+                        on_gpu: bool = False, backend: str = "auto", query: Any = None,
+                        gallery: Any = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Metric values and the reasons of the missing ones (see :func:`engine.metrics.compute_metrics`).
 
     The work runs on the GPU when *on_gpu* is set (``eval.on_gpu``) and CUDA is
     available, else on the CPU; *backend* is ``eval.backend`` ('auto', 'torch' or
-    'faiss'; see :mod:`engine.metrics.backends`).
+    'faiss'; see :mod:`engine.metrics.backends`). *query* and *gallery* (row indices,
+    a split's ``ImageList.query``/``gallery``) make retrieval rank the gallery for
+    every query instead of every sample against all others.
     """
     device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
-    return metrics.compute_metrics(embeddings, labels, names, seed=seed, device=device, backend=backend)
+    return metrics.compute_metrics(embeddings, labels, names, seed=seed, device=device, backend=backend, query=query,
+                                   gallery=gallery)

@@ -1,7 +1,8 @@
 """Checks of a resolved config that can fail a run before it trains, done before anything is written.
 
 ``problems(config, run_dir)`` lists, one line each, what would make the run fail early: a
-dataset folder without the layout its loader reads, a missing ``model.weights_path``, a run
+dataset folder without the layout its loader reads, a missing ``model.weights_path`` (or, with
+``HF_HUB_OFFLINE=1``, timm weights missing from the Hugging Face cache), a run
 directory that cannot be created, a CUDA device that this machine does not have. Each line
 names the key, path or value and what would be accepted. ``python -m engine`` refuses to
 start (exit code 2) when there is any; the run manager asks before it prepares a run.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine import catalog, timm_hub
 from engine.config.schema import Config, RunConfig
 from engine.data import DatasetError, check_layout
 
@@ -85,13 +87,27 @@ def _dataset_problem(config: Config) -> str | None:
 
 def _weights_problem(config: Config) -> str | None:
     if not config.model.weights_path:
-        return None
+        return _timm_cache_problem(config)
     path = Path(config.model.weights_path).expanduser()
     if path.is_file():
         return None
     what = "is a folder" if path.is_dir() else "does not exist"
     return (f"model.weights_path={config.model.weights_path!r} {what}; set it to a file of pretrained weights "
-            "(a torch state dict), or leave it unset")
+            "(a torch state dict or .safetensors), or leave it unset")
+
+
+def _timm_cache_problem(config: Config) -> str | None:
+    """Pretrained timm weights that HF_HUB_OFFLINE=1 forbids downloading and that no cache holds."""
+    if not timm_hub.offline() or not config.model.pretrained:
+        return None
+    name = timm_hub.timm_name_of(catalog.parse_arch(config.model.arch).backbone)
+    if name is None:
+        return None
+    model = timm_hub.resolve(name)
+    if timm_hub.cached_weights(model) is not None:
+        return None
+    return (f"model.arch={config.model.arch!r}: the weights of timm {model.name} are not cached and HF_HUB_OFFLINE=1 "
+            f"forbids downloading them; {timm_hub.fetch_hint(model)}")
 
 
 def _output_problem(config: Config, run_dir: Path | None) -> str | None:

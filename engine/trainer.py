@@ -30,11 +30,12 @@ from torch.utils.data import DataLoader
 
 from engine import distributed, losses, preflight, samplers
 from engine.config.schema import Config
-from engine.data import ImageDataset, build_transform, create_splits, default_cache_size, open_split_cache
+from engine.data import ImageDataset, create_splits, default_cache_size, open_split_cache
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
 from engine.io import atomic_torch_save
 from engine.metrics import display_name
-from engine.models import backbone_info, create_model
+from engine.models import from_config, input_spec
+from engine.optim import build_optimizer, build_scheduler, per_iteration
 from engine.rundir import Heartbeat, RunDir, now_iso
 
 log = logging.getLogger("engine")
@@ -163,27 +164,6 @@ class RankSlice:
             yield batch[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
 
 
-def build_optimizer(cfg, model: torch.nn.Module, criterion) -> torch.optim.Optimizer:
-    """The run's optimizer: backbone and head groups (``fc_lr`` for the head), plus the loss's own parameters."""
-    head = list(model.head.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    groups: list[dict[str, Any]]
-    if cfg.fc_lr is None:
-        groups = [{"params": body + head, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "network"}]
-    else:
-        groups = [
-            {"params": body, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "name": "backbone"},
-            {"params": head, "lr": cfg.fc_lr, "weight_decay": cfg.weight_decay, "name": "head"},
-        ]
-    groups += criterion.param_groups(cfg.lr)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-
-
 class Trainer:
     def __init__(self, config: Config, run_dir: RunDir, *, show_progress: bool | None = None,
                  context: distributed.Context | None = None):
@@ -208,10 +188,8 @@ class Trainer:
         if self.ctx.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.ctx.local_rank)
             torch.cuda.set_device(self.device)
-        backbone = backbone_info(cfg.model.arch)
-        size = cfg.data.image_size or backbone.input_size
-        if cfg.data.augmentation == "big" and cfg.data.image_size is None:
-            size = 256
+        spec = input_spec(cfg)
+        size = spec.size
         splits = create_splits(
             cfg.data.dataset,
             cfg.data.source_path,
@@ -219,8 +197,8 @@ class Trainer:
             tv_split_by_samples=cfg.data.tv_split_by_samples,
             tv_split_perc=cfg.data.tv_split_perc,
         )
-        train_tf = build_transform(cfg.data.augmentation, size, train=True, mean=backbone.mean, std=backbone.std)
-        eval_tf = build_transform(cfg.data.augmentation, size, train=False, mean=backbone.mean, std=backbone.std)
+        train_tf = spec.transform(cfg.data.augmentation, train=True)
+        eval_tf = spec.transform(cfg.data.augmentation, train=False)
         cache: dict = {}  # shared, so an image in two splits is decoded once
         image_cache = None
         if cfg.data.cache == "resized":
@@ -259,9 +237,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.data.workers > 0,
         )
-        self.model = create_model(
-            cfg.model.arch, embed_dim=cfg.model.embed_dim, pretrained=cfg.model.pretrained, weights_path=cfg.model.weights_path
-        ).to(self.device)
+        self.model = from_config(cfg).to(self.device)
         self.criterion = losses.from_config(cfg, self.num_classes).to(self.device)
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
@@ -298,11 +274,7 @@ class Trainer:
         )
 
     def _scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        cfg = self.config.optim
-        if cfg.scheduler == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=cfg.epochs)
-        milestones = cfg.tau if cfg.scheduler == "step" else []
-        return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=cfg.gamma)
+        return build_scheduler(self.config.optim, self.optimizer, len(self.sampler))
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -324,7 +296,8 @@ class Trainer:
                 embeddings, labels = embed_dataset(self.model, dataset, batch_size=batch_size, device=self.device,
                                                    channels_last=self.config.run.channels_last)
             values, missing = evaluate_embeddings(embeddings, labels, cfg.metrics, seed=self.config.run.seed, on_gpu=cfg.on_gpu,
-                                                  backend=cfg.backend)
+                                                  backend=cfg.backend, query=dataset.images.query,
+                                                  gallery=dataset.images.gallery)
             record = {"kind": "eval", "epoch": epoch, "step": self.step, "split": split, "time": now_iso(), "metrics": values}
             if missing:
                 record["missing"] = missing
@@ -338,7 +311,8 @@ class Trainer:
         dataset = self.eval_sets["test"]
         pixels, labels = raw_pixels(dataset)
         values, missing = evaluate_embeddings(pixels, labels, self.config.eval.metrics, seed=self.config.run.seed,
-                                             on_gpu=self.config.eval.on_gpu, backend=self.config.eval.backend)
+                                             on_gpu=self.config.eval.on_gpu, backend=self.config.eval.backend,
+                                             query=dataset.images.query, gallery=dataset.images.gallery)
         record = {"kind": "baseline", "name": "raw_pixels", "epoch": None, "step": 0, "split": "test", "time": now_iso(),
                   "metrics": values}
         if missing:
@@ -411,6 +385,8 @@ class Trainer:
     def train_epoch(self, stop: StopRequested, progress) -> dict[str, float] | None:
         """One epoch (or its rest, after a resume inside it); None when a stop cut it short."""
         self.model.train()
+        if self.config.optim.freeze_backbone_epochs:  # Proxy-Anchor's warm-up: only the head and the loss train
+            self.model.trunk.requires_grad_(self.epoch > self.config.optim.freeze_backbone_epochs)
         self.sampler.set_epoch(self.epoch, start_batch=self.resume_batch)
         self.loader_generator.manual_seed(self.config.run.seed * 1_000_003 + self.epoch)
         self.resume_batch = 0
@@ -440,6 +416,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(parameters, self.config.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if per_iteration(self.config.optim):
+                self.scheduler.step()
             self.sampler.update_memory(indices, embeddings.detach())  # no-op for memoryless samplers
             self.step += 1
             losses_seen.append(loss.item())
@@ -477,9 +455,12 @@ class Trainer:
         if self.epoch == 0 and not self.epoch_losses and self.ctx.is_main:  # a fresh run, not a resumed one
             if cfg.eval.raw_pixel_baseline:
                 self.log_raw_pixel_baseline()
-            if cfg.eval.at_start:
+            if cfg.eval.at_start or cfg.eval.only:
                 results = self.evaluate(0)
                 log.info("epoch 0 (untrained): %s", _fmt_results(results))
+                if cfg.eval.only:  # the initial network is the result: keep it as the run's checkpoint
+                    self.save_checkpoints(results)
+                    return Outcome("finished", 0, self.best)
         progress_cm = _progress() if self.show_progress else nullcontext(None)
         with progress_cm as progress:
             for epoch in range(self.epoch + 1, cfg.optim.epochs + 1):
@@ -501,7 +482,8 @@ class Trainer:
                 results = self.evaluate(epoch) if last or epoch % cfg.eval.every == 0 else {}
                 self.save_checkpoints(results)
                 distributed.barrier(self.ctx)  # the other ranks wait for rank 0's evaluation
-                self.scheduler.step()
+                if not per_iteration(cfg.optim):
+                    self.scheduler.step()
                 self.run_dir.update_status(epoch=epoch, step=self.step, best=self.best)
                 log.info(
                     "epoch %d/%d loss %.4f %.1fs | %s",

@@ -13,7 +13,8 @@ import sys
 
 from conftest import REPO
 
-PROXY_LOSSES = {"proxynca", "softmax", "arcface", "softtriplet"}
+PROXY_LOSSES = {"proxynca", "softmax", "arcface", "softtriplet", "proxy_anchor", "cosface", "subcenter_arcface"}
+NEWER_TUPLE_LOSSES = {"supcon", "ntxent", "circle", "fastap", "smoothap"}  # issue 13, benched without a preset
 
 
 def positive(value) -> bool:
@@ -30,7 +31,7 @@ def test_json_has_floor_ratios_and_flags():
     assert positive(result["floor_ms"])
     assert result["targets"] == {"proxy_max_ratio": 1.5, "tuple_max_ms": 2.0}
     pairs = result["ms"]
-    assert {pair.split("+")[0] for pair in pairs} >= PROXY_LOSSES | {"triplet", "margin", "multisimilarity"}
+    assert {pair.split("+")[0] for pair in pairs} >= PROXY_LOSSES | NEWER_TUPLE_LOSSES | {"triplet", "margin", "multisimilarity"}
     assert all(positive(ms) for ms in pairs.values())
     assert set(result["kind"]) == set(result["pass"]) == set(pairs)
 
@@ -41,6 +42,7 @@ def test_json_has_floor_ratios_and_flags():
     floors = result["floor_ms_by_rows"]
     assert floors["100"] == result["floor_ms"] and all(positive(ms) for ms in floors.values())
     assert result["proxy_rows"]["softtriplet+none"] == 200 and result["proxy_rows"]["softmax+none"] == 100  # K = 2 centres
+    assert result["proxy_rows"]["subcenter_arcface+none"] == 300 and result["proxy_rows"]["proxy_anchor+none"] == 100
     for pair, ratio in result["ratio_to_floor"].items():
         floor = floors[str(result["proxy_rows"][pair])]  # the floor of the loss's own shape
         assert positive(ratio) and math.isclose(ratio, pairs[pair] / floor, rel_tol=0.01, abs_tol=0.002)

@@ -59,7 +59,9 @@ def test_a_name_registered_at_run_time_counts(monkeypatch):
 
 @pytest.mark.parametrize("arch, message", [
     ("resnet5_frozen", "unknown architecture 'resnet5_frozen' (did you mean 'resnet50'?); allowed: bninception, "
-                       "googlenet, resnet50, smallcnn followed by modifiers _frozen, _normalize, _double, _he"),
+                       "convnext_b, convnext_s, convnext_t, googlenet, resnet50, smallcnn, vit_b14_dinov2, vit_b16_dino, "
+                       "vit_s14_dinov2, vit_s16_dino, vit_s16_in21k or timm:<any timm model name>, followed by modifiers "
+                       "_frozen, _normalize, _double, _he"),
     ("smallcnn_normalise", "unknown modifier 'normalise' in architecture 'smallcnn_normalise' (did you mean 'normalize'?)"),
 ])
 def test_bad_architectures_name_what_is_allowed(arch, message):

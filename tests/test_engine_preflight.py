@@ -76,7 +76,7 @@ def test_missing_weights_file_is_an_error_naming_the_key(tiny_cub, tmp_path):
                         "--set", f"model.weights_path={str(weights)!r}", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert error_lines(result) == [f"error: model.weights_path={str(weights)!r} does not exist; set it to a file of "
-                                   "pretrained weights (a torch state dict), or leave it unset"]
+                                   "pretrained weights (a torch state dict or .safetensors), or leave it unset"]
     assert not (tmp_path / "run").exists()
 
 
@@ -203,7 +203,7 @@ def test_dataset_layouts(tmp_path):
 
 def test_weights_path(tmp_path):
     assert preflight.problems(config(f"model.weights_path={str(tmp_path)!r}")) == [
-        f"model.weights_path={str(tmp_path)!r} is a folder; set it to a file of pretrained weights (a torch state dict), "
+        f"model.weights_path={str(tmp_path)!r} is a folder; set it to a file of pretrained weights (a torch state dict or .safetensors), "
         "or leave it unset"
     ]
 

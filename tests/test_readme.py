@@ -29,11 +29,11 @@ def test_custom_loss_example_registers_and_trains():
     block = next(b for b in python_blocks() if "@LOSSES.register" in b)
     try:
         exec(block, {})
-        loss = losses.create("cosface", num_classes=5, embed_dim=8)
+        loss = losses.create("am_softmax", num_classes=5, embed_dim=8)
         x = torch.randn(10, 8, requires_grad=True)
         value = loss(x, torch.arange(5).repeat(2))
         value.backward()
         assert torch.isfinite(value) and x.grad is not None
         assert loss.param_groups(1e-5)[0]["lr"] == 1e-3
     finally:
-        losses.LOSSES.unregister("cosface")
+        losses.LOSSES.unregister("am_softmax")

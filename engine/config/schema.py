@@ -41,6 +41,12 @@ class DataConfig(Section):
     image_size: int | None = Field(
         None, ge=4, description="Square input size fed to the network; default: the architecture's native size."
     )
+    mean: list[float] | None = Field(
+        None, min_length=3, max_length=3, description="Per-channel normalisation mean (RGB); default: the backbone's (a timm model's pretrained config)."
+    )
+    std: list[float] | None = Field(
+        None, min_length=3, max_length=3, description="Per-channel normalisation std (RGB); default: the backbone's."
+    )
     use_tv_split: bool = Field(False, description="Split the training classes (or samples) into train and validation.")
     tv_split_by_samples: bool = Field(False, description="Split per class by samples instead of by classes.")
     tv_split_perc: float = Field(0.8, gt=0.0, lt=1.0, description="Fraction of the training data kept for training.")
@@ -80,11 +86,23 @@ class DataConfig(Section):
 class ModelConfig(Section):
     arch: str = Field(
         "resnet50_frozen_normalize",
-        description="Backbone name plus modifiers: _frozen (BatchNorm statistics frozen), _normalize (L2 output).",
+        description="Backbone name (or timm:<any timm model>) plus modifiers: _frozen (BatchNorm statistics frozen), "
+        "_normalize (L2 output), _double (average + max pooling), _he (Kaiming init of the head).",
     )
-    embed_dim: int = Field(128, ge=1, description="Embedding dimension.")
-    pretrained: bool = Field(True, description="Start from ImageNet weights (the original's --not_pretrained turns it off).")
-    weights_path: str | None = Field(None, description="Local file with the backbone's pretrained weights (no download).")
+    embed_dim: int = Field(128, ge=1, description="Embedding dimension (with model.head='none': the backbone's width).")
+    head: Literal["linear", "none"] = Field(
+        "linear", description="Embedding head: linear (to model.embed_dim) or none (the backbone's pooled features, e.g. 384 for ViT-S)."
+    )
+    pretrained: bool = Field(True, description="Start from pretrained weights (the original's --not_pretrained turns it off).")
+    weights_path: str | None = Field(
+        None, description="Local file with the backbone's pretrained weights (.pth or .safetensors; no download)."
+    )
+    timm_kwargs: dict[str, bool | int | float | str] | None = Field(
+        None, description="Extra keyword arguments of timm.create_model for timm: backbones, e.g. {drop_path_rate = 0.1}."
+    )
+    grad_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (timm backbones): less memory for big batches, ~30 % slower."
+    )
 
     @field_validator("arch")
     @classmethod
@@ -176,6 +194,53 @@ class ArcFaceParams(Section):
     feature_scale: float = Field(16.0, gt=0, description="Logit scale s.")
 
 
+class ProxyAnchorParams(Section):
+    margin: float = Field(0.1, ge=0, le=1, description="Margin delta.")
+    alpha: float = Field(32.0, gt=0, description="Scale alpha; alpha * (1 + margin) must stay <= 80 (float32's exp).")
+    lrmulti: float = Field(100.0, gt=0, description="Proxy learning rate = optim.lr * lrmulti (the paper's x100).")
+
+
+class SupConParams(Section):
+    temperature: float = Field(0.1, gt=0, description="Temperature tau.")
+
+
+class NTXentParams(Section):
+    temperature: float = Field(0.07, gt=0, description="Temperature tau.")
+
+
+class CosFaceParams(Section):
+    margin: float = Field(0.35, ge=0, description="Additive cosine margin m.")
+    scale: float = Field(64.0, gt=0, description="Logit scale s.")
+    lrmulti: float = Field(1.0, gt=0, description="Class-weight learning rate = optim.lr * lrmulti.")
+
+
+class SubCenterArcFaceParams(Section):
+    sub_centers: int = Field(3, ge=1, description="Sub-centres K per class.")
+    angular_margin: float = Field(0.5, ge=0, description="Additive angular margin m, in radians.")
+    feature_scale: float = Field(64.0, gt=0, description="Logit scale s.")
+    lrmulti: float = Field(1.0, gt=0, description="Sub-centre learning rate = optim.lr * lrmulti.")
+
+
+class CircleParams(Section):
+    m: float = Field(0.4, ge=0, description="Relaxation margin m.")
+    gamma: float = Field(80.0, gt=0, description="Scale gamma.")
+
+
+class FastAPParams(Section):
+    num_bins: int = Field(10, ge=1, description="Histogram bins over squared distances in [0, 4].")
+
+
+class SmoothAPParams(Section):
+    temperature: float = Field(0.01, gt=0, description="Temperature tau of the sigmoid replacing the rank indicator.")
+
+
+class XBMParams(Section):
+    enabled: bool = Field(False, description="Add a cross-batch memory term (tuple and pair losses only).")
+    size: int = Field(8192, ge=1, description="Embeddings kept in the FIFO memory.")
+    start_iteration: int = Field(1000, ge=0, description="Training step (from 0) at which the memory term starts.")
+    weight: float = Field(1.0, ge=0, description="Weight lambda of the memory term: L(batch) + lambda * L(batch, memory).")
+
+
 class LossConfig(Section):
     name: str = Field("margin", description="Training objective (see `engine.losses.list_losses()`).")
     contrastive: ContrastiveParams = Field(default_factory=ContrastiveParams, description="Contrastive loss parameters.")
@@ -194,6 +259,17 @@ class LossConfig(Section):
     histogram: HistogramParams = Field(default_factory=HistogramParams, description="Histogram loss parameters.")
     snr: SNRParams = Field(default_factory=SNRParams, description="SNR loss parameters.")
     arcface: ArcFaceParams = Field(default_factory=ArcFaceParams, description="ArcFace parameters.")
+    proxy_anchor: ProxyAnchorParams = Field(default_factory=ProxyAnchorParams, description="Proxy-Anchor parameters.")
+    supcon: SupConParams = Field(default_factory=SupConParams, description="Supervised contrastive loss parameters.")
+    ntxent: NTXentParams = Field(default_factory=NTXentParams, description="NT-Xent (InfoNCE) parameters.")
+    cosface: CosFaceParams = Field(default_factory=CosFaceParams, description="CosFace parameters.")
+    subcenter_arcface: SubCenterArcFaceParams = Field(
+        default_factory=SubCenterArcFaceParams, description="Sub-center ArcFace parameters."
+    )
+    circle: CircleParams = Field(default_factory=CircleParams, description="Circle loss parameters.")
+    fastap: FastAPParams = Field(default_factory=FastAPParams, description="FastAP parameters.")
+    smoothap: SmoothAPParams = Field(default_factory=SmoothAPParams, description="Smooth-AP parameters.")
+    xbm: XBMParams = Field(default_factory=XBMParams, description="Cross-batch memory (Wang et al. 2020).")
 
     @field_validator("name")
     @classmethod
@@ -283,12 +359,34 @@ class OptimConfig(Section):
     weight_decay: float = Field(4e-4, ge=0, description="Weight decay of the network parameters (the original's --decay).")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
     epochs: int = Field(150, ge=1, description="Number of training epochs (the original's --n_epochs).")
-    scheduler: Literal["step", "cosine", "none"] = Field(
-        "step", description="Learning-rate schedule: step (MultiStepLR at tau), cosine (to 0 over the epochs) or none."
+    scheduler: Literal["step", "cosine", "warmup_cosine", "none"] = Field(
+        "step",
+        description="Learning-rate schedule: step (MultiStepLR at tau), cosine (to 0 over the epochs, stepped per epoch), "
+        "warmup_cosine (linear warmup, then cosine to min_lr_ratio·lr, stepped per iteration) or none.",
+    )
+    warmup_epochs: float = Field(0.0, ge=0, description="warmup_cosine: epochs of linear warmup (fractions allowed).")
+    warmup_iterations: int = Field(0, ge=0, description="warmup_cosine: iterations of linear warmup (instead of warmup_epochs).")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="warmup_cosine: the final learning rate as a fraction of each group's.")
+    decay_exclude: bool = Field(
+        False, description="No weight decay on biases, norm weights, other 1-d parameters, position embeddings and class tokens."
+    )
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="Layer-wise lr decay of timm backbones: block i of L gets lr·layer_decay^(L-i) (timm's param_groups_layer_decay)."
+    )
+    freeze_backbone_epochs: int = Field(
+        0, ge=0, description="Train only the head and the loss's parameters for the first N epochs (Proxy-Anchor's warm-up)."
     )
     gamma: float = Field(0.3, gt=0, description="MultiStepLR decay factor.")
     tau: list[int] = Field([1000], description="MultiStepLR milestones in epochs (1000 > epochs: no decay, as in the paper).")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm of all parameters to this value; None: no clipping.")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> OptimConfig:
+        if self.warmup_epochs and self.warmup_iterations:
+            raise ValueError("give optim.warmup_epochs or optim.warmup_iterations, not both")
+        if (self.warmup_epochs or self.warmup_iterations) and self.scheduler != "warmup_cosine":
+            raise ValueError(f"optim.warmup_epochs/warmup_iterations need optim.scheduler='warmup_cosine', not {self.scheduler!r}")
+        return self
 
 
 # --------------------------------------------------------------------------- eval
@@ -332,6 +430,9 @@ class EvalConfig(Section):
     at_start: bool = Field(False, description="Evaluate the untrained network before the first epoch (logged as epoch 0).")
     raw_pixel_baseline: bool = Field(False, description="Also report the metrics of raw pixels on the test split.")
     every: int = Field(1, ge=1, description="Evaluate every N epochs (the last epoch is always evaluated).")
+    only: bool = Field(
+        False, description="Evaluate the initial network (e.g. pretrained, no training) as epoch 0, checkpoint it and finish."
+    )
     batch_size: int | None = Field(None, ge=1, description="Batch size of embedding extraction; default sampler.batch_size.")
 
     @field_validator("metrics", "storage_metrics")
@@ -396,6 +497,12 @@ class Config(Section):
     @model_validator(mode="after")
     def _loss_accepts_miner(self) -> Config:
         catalog.check_miner(self.loss.name, self.miner.name)
+        return self
+
+    @model_validator(mode="after")
+    def _memory_feeds_loss(self) -> Config:
+        if self.loss.xbm.enabled:
+            catalog.check_memory(self.loss.name)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -211,6 +211,16 @@ _register("cub200", "CUB200-2011 birds: 200 classes, 100 train / 100 test", _hal
 _register("cars196", "CARS196: 196 car models, 98 train / 98 test", _half_split, _check_class_folders)
 _register("online_products", "Stanford Online Products: 22,634 classes, Info_Files split",
           _deferred_loader("engine.data.sop", "load_sop"), _check_sop)
+
+
+def _check_inshop(root: Path) -> None:
+    from engine.data.sources import SOURCES  # the layout check of `dmltui data fetch/check` (no torch)
+
+    SOURCES.get("in_shop").layout(root)
+
+
+_register("in_shop", "DeepFashion In-Shop: 3,997 training items; 14,218 queries against 12,612 gallery images of 3,985 items",
+          _deferred_loader("engine.data.inshop", "load_inshop"), _check_inshop)
 # The embedded sets are generated on demand, so there is no layout to check beforehand.
 _register("glyphs", "Embedded: Latin/Greek/Cyrillic glyphs rendered from matplotlib's fonts, 32x32", _embedded_loader("glyphs"), None, True)
 _register("digits", "Embedded: scikit-learn's 8x8 digits, classes 0-4 train / 5-9 test", _embedded_loader("digits"), None, True)

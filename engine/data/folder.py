@@ -25,11 +25,17 @@ from engine.data import DatasetError, read_class_folders
 
 @dataclass
 class ImageList:
-    """The images of one split: file paths, labels 0..C-1 and the class names behind them."""
+    """The images of one split: file paths, labels 0..C-1 and the class names behind them.
+
+    ``query``/``gallery``: row indices, for a split that is evaluated as queries against a gallery (In-Shop);
+    None for the usual all-against-all retrieval.
+    """
 
     paths: list[Path]
     labels: np.ndarray
     class_names: list[str]
+    query: np.ndarray | None = None
+    gallery: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:

@@ -29,12 +29,19 @@ def list_losses() -> list[str]:
 
 
 def from_config(config, num_classes: int) -> DMLLoss:
-    """The loss of a full :class:`~engine.config.schema.Config`, with its miner when it uses one."""
+    """The loss of a full :class:`~engine.config.schema.Config`, with its miner when it uses one, wrapped in a
+    cross-batch memory when ``loss.xbm.enabled``."""
     from engine import miners
 
     loss_cls = LOSSES.get(config.loss.name)
     miner = miners.from_config(config) if loss_cls.REQUIRES_MINER else None
-    return loss_cls.from_config(config, num_classes, miner)
+    loss = loss_cls.from_config(config, num_classes, miner)
+    memory = config.loss.xbm
+    if not memory.enabled:
+        return loss
+    from engine.losses.xbm import CrossBatchMemory
+
+    return CrossBatchMemory(loss, size=memory.size, start_iteration=memory.start_iteration, weight=memory.weight)
 
 
 import_package_modules(__name__, __path__)  # each module registers its loss by name

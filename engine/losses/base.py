@@ -22,6 +22,30 @@ def unit_rows(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return x * (inverse if scale == 1.0 else inverse * scale)
 
 
+def cosines_against(embeddings: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """(B, R) cosine similarities; the batch is normalised once when it is its own reference set."""
+    unit = unit_rows(embeddings)
+    return unit @ (unit if references is embeddings else unit_rows(references)).T
+
+
+def logsumexp_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log Σ_{mask} e^{values} per row; −inf for a row without any True entry, with a zero (not NaN) gradient."""
+    kept = mask.any(1)
+    masked = values.masked_fill(~mask, float("-inf")).masked_fill(~kept[:, None], 0.0)
+    return torch.logsumexp(masked, dim=1).masked_fill(~kept, float("-inf"))
+
+
+def reference_masks(labels: torch.Tensor, reference_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positives, negatives), each (B, R) bool, of anchors against references whose first B rows are the batch.
+
+    Positives share the anchor's class, negatives do not; the anchor itself (column i of row i) is in neither.
+    """
+    same = labels[:, None] == reference_labels[None, :]
+    negatives = ~same
+    same[:, : len(labels)].diagonal().fill_(False)
+    return same, negatives
+
+
 def normalize_last(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """F.normalize over the last dimension for a backward written by hand (no autograd).
 
@@ -45,6 +69,9 @@ class DMLLoss(nn.Module):
 
     * ``REQUIRES_MINER``: the loss consumes mined tuples.
     * ``MINER_OUTPUTS``: the tuple structures it accepts (``Miner.OUTPUT``).
+    * ``REFERENCES``: a pair loss that compares the batch's anchors with any reference
+      set (:meth:`compute_against`); with the tuple losses, these are the losses that the
+      cross-batch memory (``loss.xbm``) can feed.
 
     Trainable parameters of the loss (margin betas, proxies, class weights) go into
     their own optimizer groups, returned by :meth:`param_groups`. The math always
@@ -55,6 +82,7 @@ class DMLLoss(nn.Module):
     name: ClassVar[str]
     REQUIRES_MINER: ClassVar[bool] = False
     MINER_OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    REFERENCES: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, embed_dim: int, miner: Miner | None = None):
         super().__init__()
@@ -86,6 +114,17 @@ class DMLLoss(nn.Module):
             return self.compute(embeddings, labels)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @classmethod
+    def accepts_memory(cls) -> bool:
+        """Whether ``loss.xbm`` can feed the loss: tuple losses (through their miner) and ``REFERENCES`` pair losses."""
+        return cls.REQUIRES_MINER or cls.REFERENCES
+
+    def compute_against(self, embeddings: torch.Tensor, labels: torch.Tensor, references: torch.Tensor,
+                        reference_labels: torch.Tensor) -> torch.Tensor:
+        """The loss of the batch's anchors against *references*, whose first ``len(embeddings)`` rows are the batch
+        itself (``REFERENCES`` losses; ``compute(x, y)`` is ``compute_against(x, y, x, y)``)."""
         raise NotImplementedError
 
     @staticmethod

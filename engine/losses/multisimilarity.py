@@ -13,6 +13,8 @@ and the loss of an anchor with at least one kept positive and one kept negative 
     ℓ_i = 1/α · log(1 + Σ_p e^{−α(S_ip − λ)}) + 1/β · log(1 + Σ_n e^{β(S_in − λ)})
     L   = (1/m) Σ_i ℓ_i          (m = batch size; skipped anchors contribute 0)
 
+Against a reference set (``loss.xbm``), P_i and N_i range over the references.
+
 Both log(1 + Σ) terms are log-sum-exps over the kept pairs plus a constant 0 logit, so they
 are stable and never NaN. Mining is done with masks on the detached similarity matrix.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from engine.losses import LOSSES
-from engine.losses.base import DMLLoss
+from engine.losses.base import DMLLoss, reference_masks
 from engine.miners import Miner
 
 
@@ -44,6 +46,7 @@ def _log1p_sum_exp(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 class MultiSimilarityLoss(DMLLoss):
     name = "multisimilarity"
     REQUIRES_MINER = False
+    REFERENCES = True
 
     def __init__(
         self,
@@ -62,13 +65,10 @@ class MultiSimilarityLoss(DMLLoss):
         self.margin = margin
         self.thresh = thresh
 
-    def mine(self, sim: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks (kept positives, kept negatives), each (B, B), of the MS pair mining."""
+    def mine(self, sim: torch.Tensor, labels: torch.Tensor, reference_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks (kept positives, kept negatives), each (B, R), of the MS pair mining (R = B without references)."""
         sim = sim.detach()
-        same = labels[:, None] == labels[None, :]
-        eye = torch.eye(len(labels), dtype=torch.bool, device=sim.device)
-        pos = same & ~eye
-        neg = ~same
+        pos, neg = reference_masks(labels, labels if reference_labels is None else reference_labels)
         hardest_pos = sim.masked_fill(~pos, float("inf")).amin(dim=1, keepdim=True)
         hardest_neg = sim.masked_fill(~neg, float("-inf")).amax(dim=1, keepdim=True)
         keep_neg = neg & (sim + self.margin > hardest_pos)
@@ -76,8 +76,11 @@ class MultiSimilarityLoss(DMLLoss):
         return keep_pos, keep_neg
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        sim = embeddings @ embeddings.T
-        keep_pos, keep_neg = self.mine(sim, labels)
+        return self.compute_against(embeddings, labels, embeddings, labels)
+
+    def compute_against(self, embeddings, labels, references, reference_labels):
+        sim = embeddings @ references.T
+        keep_pos, keep_neg = self.mine(sim, labels, reference_labels)
         valid = keep_pos.any(dim=1) & keep_neg.any(dim=1)
         pos_term = _log1p_sum_exp(-self.pos_weight * (sim - self.thresh), keep_pos) / self.pos_weight
         neg_term = _log1p_sum_exp(self.neg_weight * (sim - self.thresh), keep_neg) / self.neg_weight

@@ -21,16 +21,25 @@ class WeightsError(RuntimeError):
 
 
 def read_state_dict(weights_path: str) -> dict[str, torch.Tensor]:
-    """The tensors of a ``torch.save``-d state dict (or ``{"state_dict": ...}``), loaded with ``weights_only``."""
+    """The tensors of a ``.safetensors`` file, or of a ``torch.save``-d state dict (possibly wrapped as
+    ``{"state_dict": ...}`` or ``{"model": ...}``) loaded with ``weights_only``."""
     path = Path(weights_path).expanduser()
     if not path.is_file():
         raise WeightsError(f"model.weights_path={str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path, device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt file, a pickle with code in it, ...
-        raise WeightsError(f"could not read {path} as a PyTorch state dict ({type(error).__name__}: {error})") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch state dict"
+        raise WeightsError(f"could not read {path} as a {kind} ({type(error).__name__}: {error})") from error
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     return dict(state)
