@@ -45,7 +45,7 @@ def test_field_specs_cover_every_config_key_with_its_type():
     assert specs["optim.epochs"].kind == "int" and specs["optim.epochs"].bounds == ">= 1"
     assert specs["optim.lr"].kind == "float" and specs["optim.epochs"].description
     assert specs["eval.at_start"].kind == "bool"
-    assert specs["optim.scheduler"].kind == "choice" and specs["optim.scheduler"].choices == ("step", "cosine", "none")
+    assert specs["optim.scheduler"].kind == "choice" and specs["optim.scheduler"].choices == ("step", "cosine", "warmup_cosine", "none")
     assert specs["optim.tau"].kind == "list" and specs["optim.tau"].item_kind == "int"
     assert specs["miner.parametric.support_lim"].length == 2
     assert specs["data.image_size"].nullable and specs["data.image_size"].kind == "int"
