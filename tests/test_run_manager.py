@@ -176,7 +176,7 @@ def test_import_rerun_rm_and_sweep(tiny, tmp_path):
     again = dmltui("runs", "rerun", record["id"], "--gpus", "cpu", "--json")
     assert again.returncode == 0, again.stderr
     new = json.loads(again.stdout)
-    assert new["id"] != record["id"] and new["config"] == record["config"]
+    assert new["id"] != record["id"] and show(new["id"])["config"] == show(record["id"])["config"]  # read from the run dirs
     wait_for(lambda: status(new).get("state") == "finished", 120)
 
     declined = subprocess.run([str(Path(sys.executable).with_name("dmltui")), "runs", "rm", record["id"]],
