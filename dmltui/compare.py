@@ -177,7 +177,7 @@ def _value_text(value: Any) -> str:
 
 def group_label(record: dict[str, Any], group_by: str = "preset") -> str:
     if group_by == "preset":
-        return record.get("preset") or "(no preset)"
+        return tuned_label(record) or record.get("preset") or "(no preset)"
     if group_by == "name":
         return strip_seed(record.get("name") or record.get("id") or "")
     flat = flatten_config(load_config(record))
@@ -187,6 +187,15 @@ def group_label(record: dict[str, Any], group_by: str = "preset") -> str:
     if value is not _MISSING and not isinstance(value, dict):
         return _value_text(value)
     return "(unset)"
+
+
+def tuned_label(record: dict[str, Any]) -> str | None:
+    """``margin-b12-d (tuned, 50 trials)`` for a run of ``dmltui tune finalize`` (tagged ``tuned:<trials>``), so that
+    a tuned method is its own row beside the paper-protocol runs of its preset."""
+    for tag in record.get("tags", ()):
+        if tag.startswith("tuned:"):
+            return f"{record.get('preset') or '(no preset)'} (tuned, {tag[len('tuned:'):]} trials)"
+    return None
 
 
 def check_group_key(records: Sequence[dict[str, Any]], group_by: str) -> None:

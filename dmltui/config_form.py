@@ -358,8 +358,8 @@ def run_count(seeds: str, default_seeds: list[int] | None, grid: list[str]) -> i
 
 
 def cli_command(presets: list[str], overrides: list[str], *, seeds: str = "", gpus: str = "auto", name: str = "",
-                tags: list[str] = (), grid: list[str] = ()) -> str:
-    """The ``dmltui run``/``dmltui sweep`` command line that starts the same runs."""
+                tags: list[str] = (), grid: list[str] = (), on: str = "local") -> str:
+    """The ``dmltui run``/``dmltui sweep`` command line that starts the same runs (*gpus* is for this machine only)."""
     words = ["dmltui", "sweep" if grid else "run", *presets]
     for line in grid:
         words += ["--grid", line]
@@ -367,7 +367,9 @@ def cli_command(presets: list[str], overrides: list[str], *, seeds: str = "", gp
         words += ["--set", override]
     if seeds.strip():
         words += ["--seeds", seeds.strip()]
-    if gpus.strip() and gpus.strip() != "auto":
+    if on != "local":
+        words += ["--on", on]
+    elif gpus.strip() and gpus.strip() != "auto":
         words += ["--gpus", gpus.strip()]
     if name.strip() and not grid:
         words += ["--name", name.strip()]

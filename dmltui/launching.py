@@ -45,11 +45,12 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
 
 @dataclass
 class PlannedRun:
-    """One run to start: its resolved config (seed included), its name, and the grid values that made it."""
+    """One run to start: its resolved config (seed included), its name, the grid values that made it, and its tags."""
 
     resolved: ResolvedConfig
     name: str
     grid: dict[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
     @property
     def seed(self) -> int:
@@ -82,7 +83,7 @@ def plan_runs(presets: list[str], overrides: list[str], *, seeds: str | None = N
             stem = f"{name or presets[-1]}-" + "-".join(combo.values())
         for seed in seed_list:
             resolved = resolve(presets, [*extra, f"run.seed={seed}"], library=library)
-            planned.append(PlannedRun(resolved, run_ops.check_name(f"{stem}-s{seed}"), combo))
+            planned.append(PlannedRun(resolved, run_ops.check_name(f"{stem}-s{seed}"), combo, tuple(tags)))
     problems = before_training_problems(planned)
     if problems:
         raise ConfigError(problems)
@@ -118,21 +119,39 @@ def device_problems(planned: list[PlannedRun], gpus: str) -> list[str]:
             "train on the CPU (--gpus cpu, or this machine has no GPUs): set run.device='auto' or 'cpu', or give GPUs"]
 
 
+def slurm_settings(on: str, overrides: list[str] = ()) -> slurm.SlurmSettings | None:
+    """Where runs execute, as :func:`start_runs` takes it: None for this machine (``local``); for ``slurm``, the
+    user config's [slurm] table with the ``KEY=VALUE`` *overrides* on top, on a machine that can submit. ValueError
+    for another place; SlurmError (one line) for a bad setting or a machine without sbatch; home.SettingError for a
+    config file that is not TOML."""
+    from dmltui.executors import PLACES
+
+    if on not in PLACES:
+        raise ValueError(f"{on!r}: expected one of {', '.join(PLACES)}")
+    if on == "local":
+        return None
+    settings = slurm.SlurmSettings.load(list(overrides))
+    slurm.check_available()
+    return settings
+
+
 def start_runs(planned: list[PlannedRun], *, gpus: str = "cpu", tags: list[str] = (), gpus_per_run: int = 1,
                slurm_settings: slurm.SlurmSettings | None = None) -> list[dict[str, Any]]:
-    """Prepare every run's directory and record them all in one store write, then start them: each detached on this
-    machine, or, with *slurm_settings*, all as one SLURM job array. Returns their records. *gpus* is what
+    """Prepare every run's directory and record them all in one store write (tagged with *tags* and their planned
+    tags), then start them: each detached on this machine, or, with *slurm_settings*, all as one SLURM job array.
+    Returns their records. *gpus* is what
     :func:`resolve_gpus` returned; ConfigError when it cannot serve the configs; SlurmError when SLURM refuses
     (then the runs' directories and records are removed again)."""
     problems = device_problems(planned, gpus) if slurm_settings is None else []
     if problems:
         raise ConfigError(problems)
     sweep_tag = ["sweep"] if any(run.grid for run in planned) and "sweep" not in tags else []
-    records = run_ops.prepare_runs([(run.resolved, run.name) for run in planned], tags=[*tags, *sweep_tag])
+    records = run_ops.prepare_runs([(run.resolved, run.name) for run in planned], tags=[*tags, *sweep_tag],
+                                   run_tags=[list(run.tags) for run in planned])
     if slurm_settings is None:
         return [run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run) for record in records]
     try:
-        slurm.submit([record["run_dir"] for record in records], slurm_settings)
+        slurm.submit([record["run_dir"] for record in records], slurm_settings, processes=gpus_per_run)
     except slurm.SlurmError:
         run_ops.discard(records)  # nothing was submitted: no run is left behind
         raise

@@ -29,6 +29,29 @@ def best_value(record: dict[str, Any], metric: str = "e_recall@1") -> float | No
     return None
 
 
+# squeue's compact codes of the states a queued job shows most (squeue's ST column); others are written out
+SQUEUE_CODES = {"PENDING": "PD", "RUNNING": "R", "CONFIGURING": "CF", "COMPLETING": "CG"}
+
+
+def where_text(record: dict[str, Any]) -> str:
+    """Where a run executes: ``local``, or its SLURM job as squeue's default columns show it (``123_4 PD (Resources)``,
+    ``123_4 R node07``); a job that has left the queue shows its id alone."""
+    if record.get("executor") != "slurm":
+        return "local"
+    words = [str(record.get("slurm_job_id") or "?")]
+    state = record.get("slurm_state")
+    if state:
+        words.append(SQUEUE_CODES.get(state, state))
+        detail = f"({record['slurm_reason']})" if state == "PENDING" and record.get("slurm_reason") else record.get("slurm_node")
+        words += [detail] if detail else []
+    return " ".join(words)
+
+
+def on_slurm(records: Iterable[dict[str, Any]]) -> bool:
+    """Whether any of the runs was submitted to SLURM (listings then say where each run executes)."""
+    return any(record.get("executor") == "slurm" for record in records)
+
+
 def search_text(record: dict[str, Any]) -> str:
     """What free-text filter words are looked for in: id, name, preset, notes, dataset, loss, miner and tags."""
     return " ".join([record["id"], record["name"], record.get("preset") or "", record.get("notes", ""),

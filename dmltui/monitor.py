@@ -3,7 +3,8 @@
 ``RunsMonitor`` keeps the store's records in memory and re-reads the store file only when
 its modification time or size changed. Live runs (queued, running) are re-summarised from
 their run directories only when status.json or metrics.jsonl changed, or when their
-process died; a changed summary is written back to the store in one locked write. So an
+process died (for a run on SLURM: when its job's squeue entry changed; one cached squeue
+call serves every run); a changed summary is written back to the store in one locked write. So an
 idle screen with a thousand stored runs and a few live ones costs a few ``stat`` calls
 per poll.
 
@@ -14,12 +15,14 @@ notices when the file was replaced (a resumed run rewrites metrics.jsonl).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dmltui import runs as run_ops
+from dmltui.executors import slurm
 from dmltui.listing import LIVE_STATES
 from dmltui.store import RunStore, newer, newest_documents, record_of
 from engine.io import parse_json_object
@@ -84,12 +87,21 @@ class RunsMonitor:
         else:
             changed = {run_id for run_id, record in self.records.items() if previous[run_id] is not record}
         candidates = []
-        for record in self.live():
+        live = self.live()
+        # a SLURM job goes from PENDING to RUNNING, changes its reason or leaves the queue without touching its run dir,
+        # and its process lives on a compute node, where no pid can be checked: its squeue entry, and whether its
+        # status.json (the heartbeat) has gone silent, are part of its signature
+        jobs = slurm.queue() if any(record.get("executor") == "slurm" for record in live) else None
+        for record in live:
             run_id = record["id"]
             run_dir = Path(record["run_dir"])
             signature = (_signature(run_dir / "status.json"), _signature(run_dir / "metrics.jsonl"))
-            pid = record.get("pid")
-            if signature == self._run_signatures.get(run_id) and (not pid or run_ops.pid_alive(pid)):
+            if record.get("executor") == "slurm":
+                silent = signature[0] is not None and time.time() - signature[0][2] / 1e9 > slurm.STALE_HEARTBEAT_SECONDS
+                signature += (None if jobs is None else jobs.get(str(record.get("slurm_job_id")), "gone"), silent)
+                if signature == self._run_signatures.get(run_id):
+                    continue
+            elif signature == self._run_signatures.get(run_id) and (not (pid := record.get("pid")) or run_ops.pid_alive(pid)):
                 continue
             self._run_signatures[run_id] = signature
             candidates.append(run_id)

@@ -115,10 +115,12 @@ def _make_run_dir(resolved: ResolvedConfig, name: str | None, tags: list[str], r
 
 
 def prepare_runs(runs: list[tuple[ResolvedConfig, str | None]], *, tags: list[str] = (), store: RunStore | None = None,
-                 runs_root: Path | None = None) -> list[dict[str, Any]]:
+                 runs_root: Path | None = None, run_tags: list[list[str]] | None = None) -> list[dict[str, Any]]:
     """Create the runs' directories and record them as ``queued`` in one store write. All or nothing: a failure
-    (a full disk, a busy store) removes the directories already made."""
-    for tag in tags:
+    (a full disk, a busy store) removes the directories already made. *tags* go on every run, *run_tags[i]* on the
+    i-th run too."""
+    run_tags = run_tags or [[] for _ in runs]
+    for tag in [*tags, *(t for own in run_tags for t in own)]:
         check_tag(tag)
     for _, name in runs:
         if name is not None:
@@ -128,8 +130,8 @@ def prepare_runs(runs: list[tuple[ResolvedConfig, str | None]], *, tags: list[st
     runs_root.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     try:
-        for resolved, name in runs:
-            records.append(_make_run_dir(resolved, name, list(tags), runs_root))
+        for (resolved, name), own in zip(runs, run_tags, strict=True):
+            records.append(_make_run_dir(resolved, name, list(dict.fromkeys([*tags, *own])), runs_root))
         store.insert(*records)
     except BaseException:
         for record in records:  # no run directory without its store record
@@ -358,7 +360,10 @@ def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
 def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], timeout: float) -> dict[str, Any]:
     """scancel the run's job; a running engine checkpoints on the SIGTERM SLURM sends. Waits until the job has left
     the queue (or *timeout*), then a run that never wrote a final state is ``stopped``."""
-    slurm.cancel(status)
+    try:
+        slurm.cancel(status)
+    except slurm.SlurmError as error:
+        raise RunError(f"run {record['id']} was not stopped: {error}") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         slurm.forget_queue()
@@ -393,9 +398,15 @@ def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -
         rd = RunDir(current["run_dir"])
         if not (rd.checkpoints / "last.pt").is_file():
             raise RunError(f"run {current['id']} has no checkpoint to resume from ({rd.checkpoints / 'last.pt'})")
-        if rd.read_status().get("executor") == "slurm":  # back to the cluster, as one job
-            rd.update_status(state="queued", ended_at=None, error=None)
-            slurm.submit([current["run_dir"]], slurm.SlurmSettings.load(), resume=True)
+        status = rd.read_status()
+        if status.get("executor") == "slurm":  # back to the cluster, as one job of as many processes as before
+            try:
+                settings = slurm.SlurmSettings.load()
+                rd.update_status(state="queued", ended_at=None, error=None)  # before the job can start and say running
+                slurm.submit([current["run_dir"]], settings, resume=True, processes=status.get("slurm_processes", 1))
+            except slurm.SlurmError as error:
+                rd.update_status(**{key: status.get(key) for key in ("state", "ended_at", "error")})  # nothing submitted
+                raise RunError(f"run {current['id']} was not resubmitted: {error}") from None
         else:
             rd.update_status(state="queued", pid=None, ended_at=None, error=None)
             launch_detached(current, gpus=gpus, count=count, resume=True)
@@ -403,8 +414,14 @@ def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -
 
 
 def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None = None) -> dict[str, Any]:
-    """Start a new run with the same resolved config (detached) on *gpus* (as for resume); returns its record."""
-    gpus = resolve_request(gpus)
+    """Start a new run with the same resolved config where the run ran: detached on *gpus* (as for resume), or, for a
+    run on SLURM, as a job with the [slurm] settings of the user config and as many processes; returns its record."""
+    status = RunDir(record["run_dir"]).read_status()
+    try:
+        settings = slurm.SlurmSettings.load() if status.get("executor") == "slurm" else None
+    except slurm.SlurmError as error:
+        raise RunError(f"run {record['id']} was not rerun: {error}") from None
+    gpus = resolve_request(gpus) if settings is None else None
     from engine.config.presets import ResolvedConfig
     from engine.config.schema import Config
 
@@ -413,7 +430,15 @@ def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None =
         raise RunError(f"run {record['id']} has no config to rerun: {Path(record['run_dir']) / 'config.toml'} is gone")
     resolved = ResolvedConfig(config=Config.model_validate(config), chain=record.get("presets", []), sources={},
                               preset=record.get("preset"))
-    return launch_detached(prepare_run(resolved, name=name or record["name"]), gpus=gpus)
+    new = prepare_run(resolved, name=name or record["name"])
+    if settings is None:
+        return launch_detached(new, gpus=gpus)
+    try:
+        slurm.submit([new["run_dir"]], settings, processes=status.get("slurm_processes", 1))
+    except slurm.SlurmError as error:
+        discard([new])  # nothing was submitted: no run is left behind
+        raise RunError(f"run {record['id']} was not rerun: {error}") from None
+    return {**new, **summarize(new["run_dir"])}
 
 
 def remove(record: dict[str, Any], *, keep_files: bool = False) -> None:

@@ -50,8 +50,9 @@ def fake_run(home: Path, *, name: str, state: str = "finished", epochs: int = 10
              seed: int = 0, preset: str = "margin-b12-d", dataset: str = "cub200", loss: str = "margin",
              miner: str = "distance", tags: list[str] = (), index: int = 0, pid: int | None = None,
              ceiling: float = 0.6, overrides: dict[str, dict[str, Any]] | None = None,
-             store: RunStore | None = None, save: bool = True) -> dict[str, Any]:
-    """One run directory under ``home/runs`` and its store record (stored unless *save* is false); returns the record."""
+             store: RunStore | None = None, save: bool = True, splits: tuple[str, ...] = ("test",)) -> dict[str, Any]:
+    """One run directory under ``home/runs`` and its store record (stored unless *save* is false); returns the record.
+    *splits*: the evaluated splits (a tuning fold run evaluates only ``val``)."""
     from engine.config.schema import Config
 
     config = Config.model_validate({"data": {"dataset": dataset}, "loss": {"name": loss}, "miner": {"name": miner},
@@ -62,7 +63,7 @@ def fake_run(home: Path, *, name: str, state: str = "finished", epochs: int = 10
     run_dir = home / "runs" / run_id
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.toml", _toml(config.to_dict()))
-    metrics = fake_metrics(done, seed=seed, ceiling=ceiling) if done or state != "queued" else []
+    metrics = fake_metrics(done, seed=seed, ceiling=ceiling, splits=splits) if done or state != "queued" else []
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics))
     atomic_write_text(run_dir / "train.log", "".join(f"epoch {r['epoch']}: loss {r['metrics']['loss']:.4f}\n"
                                                     for r in metrics if r["kind"] == "train"))

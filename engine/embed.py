@@ -101,7 +101,7 @@ def _load_config(run_dir: Path):
 
 def best_checkpoint(run_dir: Path, config) -> Path:
     """The run's best checkpoint: ``best_<selection split>_<metric>.pt`` of its first storage metric that exists."""
-    split = "val" if config.data.use_tv_split else "test"
+    split = "val" if config.data.use_tv_split or config.data.folds else "test"
     names = [f"best_{split}_{metric}.pt" for metric in config.eval.storage_metrics]
     for name in names:
         if (run_dir / "checkpoints" / name).is_file():
@@ -219,19 +219,18 @@ def resolve_device(device: str | None):
 
 def split_images(config, split: str):
     """The ImageList of a split of the run's dataset, as the trainer built it."""
-    from engine.data import create_splits
+    from engine.data import splits_of
 
     if split not in SPLITS:
         raise EmbedError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     data = config.data
     try:
-        splits = create_splits(data.dataset, data.source_path, use_tv_split=data.use_tv_split,
-                               tv_split_by_samples=data.tv_split_by_samples, tv_split_perc=data.tv_split_perc)
+        splits = splits_of(data)
     except DatasetError as error:
         raise EmbedError(str(error)) from None
     images = getattr(splits, split)
     if images is None:
-        raise EmbedError(f"the run has no {split} split (data.use_tv_split is off)")
+        raise EmbedError(f"the run has no {split} split (it has no data.use_tv_split or data.folds)")
     return splits, images
 
 

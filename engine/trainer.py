@@ -6,7 +6,7 @@ splits, write checkpoints (the last epoch, and the best epoch of every storage
 metric on the selection split), step the LR schedule.
 
 Epochs are numbered from 1; epoch 0 is the untrained network (``eval.at_start``).
-Model selection uses the validation split when ``data.use_tv_split`` is set, else
+Model selection uses the validation split when ``data.use_tv_split`` or ``data.folds`` is set, else
 the test split, which is the paper's protocol (best test epoch) — it is model
 selection on test data, so use a validation split for honest selection.
 """
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from engine import distributed, losses, preflight, samplers
 from engine.config.schema import Config
-from engine.data import ImageDataset, create_splits, default_cache_size, open_split_cache
+from engine.data import ImageDataset, default_cache_size, open_split_cache, splits_of
 from engine.evaluation import embed_dataset, evaluate_embeddings, raw_pixels
 from engine.io import atomic_torch_save
 from engine.metrics import display_name
@@ -190,13 +190,8 @@ class Trainer:
             torch.cuda.set_device(self.device)
         spec = input_spec(cfg)
         size = spec.size
-        splits = create_splits(
-            cfg.data.dataset,
-            cfg.data.source_path,
-            use_tv_split=cfg.data.use_tv_split,
-            tv_split_by_samples=cfg.data.tv_split_by_samples,
-            tv_split_perc=cfg.data.tv_split_perc,
-        )
+        # eval.test=false (a hyperparameter search) leaves the test split out here, so no evaluation can reach it.
+        splits = splits_of(cfg.data, with_test=cfg.eval.test)
         train_tf = spec.transform(cfg.data.augmentation, train=True)
         eval_tf = spec.transform(cfg.data.augmentation, train=False)
         cache: dict = {}  # shared, so an image in two splits is decoded once
@@ -214,9 +209,10 @@ class Trainer:
             return ImageDataset(images, transform, in_memory=cfg.data.in_memory, cache=cache, image_cache=image_cache)
 
         self.train_set = make(splits.train, train_tf)
-        self.eval_sets: dict[str, ImageDataset] = {"test": make(splits.test, eval_tf)}
-        if splits.val is not None:
-            self.eval_sets["val"] = make(splits.val, eval_tf)
+        self.eval_sets: dict[str, ImageDataset] = {}
+        for split in ("test", "val"):
+            if getattr(splits, split) is not None:
+                self.eval_sets[split] = make(getattr(splits, split), eval_tf)
         if cfg.eval.train_metrics:
             self.eval_sets["train"] = make(splits.train, eval_tf)
         self.selection_split = "val" if "val" in self.eval_sets else "test"
@@ -260,13 +256,13 @@ class Trainer:
             self.wandb = WandbLogger(cfg, self.run_dir.path)
         n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         log.info(
-            "dataset %s: %d train images / %d classes, %d test images / %d classes%s",
+            "dataset %s: %d train images / %d classes, %s%s",
             cfg.data.dataset,
             len(splits.train),
             splits.train.num_classes,
-            len(splits.test),
-            splits.test.num_classes,
-            f", {len(splits.val)} val images" if splits.val is not None else "",
+            f"{len(splits.test)} test images / {splits.test.num_classes} classes" if splits.test is not None
+            else "test split left out (eval.test=false)",
+            f", {len(splits.val)} val images / {splits.val.num_classes} classes" if splits.val is not None else "",
         )
         log.info(
             "model %s (%s trainable parameters) | loss %s | miner %s | sampler %s | device %s",

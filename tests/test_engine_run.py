@@ -170,6 +170,29 @@ def test_derived_state_dead_pid_or_silent_heartbeat_is_crashed():
     assert derive_state(queued, now=now, this_host="here") == "crashed"
 
 
+def test_derived_state_of_a_slurm_run_comes_from_its_queue_entry_and_a_heartbeat_silent_for_minutes():
+    """No pid is checked (the process is on a compute node); the heartbeat's age, read through a shared file system
+    and another host's clock, must pass slurm.STALE_HEARTBEAT_SECONDS; squeue's answer (its parsed lines here)
+    says whether the job still exists."""
+    from datetime import UTC, datetime, timedelta
+
+    from dmltui.executors.slurm import STALE_HEARTBEAT_SECONDS, QueuedJob, derive_state
+
+    now = datetime.now(UTC)
+    running = {"state": "running", "slurm_job_id": "7_1", "pid": 1, "heartbeat_at": (now - timedelta(seconds=60)).isoformat()}
+    queue = {"7_1": QueuedJob("RUNNING", "", "node3")}
+    assert derive_state(running, queue, now=now) == "running"  # a minute of NFS caching is not a crash
+    assert derive_state(running, {}, now=now) == "crashed"  # the job has left the queue
+    assert derive_state(running, None, now=now) == "running"  # squeue did not answer: the run dir alone
+    silent = {**running, "heartbeat_at": (now - timedelta(seconds=STALE_HEARTBEAT_SECONDS + 1)).isoformat()}
+    assert derive_state(silent, queue, now=now) == "crashed"  # a dead node: squeue still says RUNNING for minutes
+    assert derive_state(silent, None, now=now) == "crashed"
+    requeued = {**silent, "state": "requeued"}  # its last beat was before the requeue: waiting, not dead
+    assert derive_state(requeued, {"7_1": QueuedJob("PENDING", "BeginTime", "")}, now=now) == "requeued"
+    assert derive_state({"state": "queued", "slurm_job_id": "7_1"}, {"7_1": QueuedJob("PENDING", "Priority", "")}) == "queued"
+    assert derive_state({**silent, "state": "finished"}, {}, now=now) == "finished"
+
+
 def test_existing_run_dir_config_is_the_configuration(tmp_path):
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir()

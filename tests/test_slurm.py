@@ -4,6 +4,7 @@ squeue and scancel are SLURM's own, and there is no accounting database (no sacc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import dmltui
+from conftest import REPO, dmltui
 
 from engine.rundir import RunDir
 
@@ -95,6 +96,8 @@ def test_a_pending_job_shows_its_reason_and_stop_cancels_it(slurm_home):
     listed = wait_for(lambda: by_id(record["id"]).get("slurm_reason") and by_id(record["id"]), 30, "the pending reason")
     assert listed["state"] == "queued" and listed["slurm_state"] == "PENDING" and listed["slurm_reason"] == "JobHeldUser"
     job = RunDir(record["run_dir"]).read_status()["slurm_job_id"]
+    table = dmltui("runs", "list", env={"COLUMNS": "200"})  # a "where" column, as squeue shows the job
+    assert f"{job} PD (JobHeldUser)" in table.stdout, table.stdout
     stopped = dmltui("runs", "stop", record["id"], "--json")
     assert stopped.returncode == 0, stopped.stderr
     assert by_id(record["id"])["state"] == "stopped" and job not in squeue_ids()
@@ -162,8 +165,170 @@ def test_slurms_warning_signal_checkpoints_requeues_and_resumes_to_the_uninterru
     log = (Path(record["run_dir"]) / "train.log").read_text()
     assert "received SIGUSR2" in log and "resumed after epoch" in log
 
-    def evaluations(run_dir: str) -> list[tuple]:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        return [(r["epoch"], r["split"], r["metrics"]) for r in map(json.loads, lines) if r.get("kind") == "eval"]
-
     assert evaluations(record["run_dir"]) == evaluations(reference["run_dir"])
+
+
+def evaluations(run_dir: str | Path) -> list[tuple]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["epoch"], r["split"], r["metrics"]) for r in map(json.loads, lines) if r.get("kind") == "eval"]
+
+
+def train_losses(run_dir: str | Path) -> list[tuple]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["epoch"], r["metrics"]["loss"]) for r in map(json.loads, lines) if r.get("kind") == "train"]
+
+
+def test_a_run_of_two_processes_is_ddp_under_torchrun_in_its_one_task(slurm_home, tmp_path):
+    """--gpus-per-run 2 on SLURM: torchrun starts two ranks in the run's one task (gloo on this CPU-only node), which
+    asks for twice the [slurm] table's per-process CPUs (and GPUs). SLURM's warning signal reaches both ranks and
+    torchrun, which must not die of it before its ranks have checkpointed; the requeued job resumes both, and the
+    run ends equal, metric for metric, to the same DDP run started on this machine with torchrun, unbroken."""
+    [record] = submit("--gpus-per-run", "2", "--set", "run.device='cpu'", "--set", "optim.epochs=40", "--set", "eval.every=10")
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("epoch", 0) >= 2, 240, "both ranks training")
+    status = RunDir(record["run_dir"]).read_status()
+    assert status["world_size"] == 2 and status["slurm_processes"] == 2
+    subprocess.run(["scancel", "--signal=USR2", status["slurm_job_id"]], check=True)
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("requeued_at"), 60, "the checkpoint before the requeue")
+    wait_for(lambda: by_id(record["id"])["state"] in ("finished", "failed", "crashed"), 240, "the requeued DDP run ending")
+    assert by_id(record["id"])["state"] == "finished", (Path(record["run_dir"]) / "output.log").read_text()[-2000:]
+    log = (Path(record["run_dir"]) / "train.log").read_text()
+    assert "received SIGUSR2" in log and "resumed after epoch" in log
+    job = status["slurm_job_id"].split("_")[0]
+    [script] = Path(status["slurm_folder"]).glob(f"{job}*/*_submission.sh")
+    assert "#SBATCH --cpus-per-task=2" in script.read_text() and "#SBATCH --ntasks-per-node=1" in script.read_text()
+    local = tmp_path / "local-ddp"
+    local.mkdir()
+    shutil.copy(Path(record["run_dir"]) / "config.toml", local / "config.toml")
+    reference = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "engine",
+         "--run-dir", str(local)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert RunDir(local).read_status()["world_size"] == 2
+    assert evaluations(record["run_dir"]) == evaluations(local)
+    assert train_losses(record["run_dir"]) == train_losses(local)
+
+
+@pytest.mark.timeout(600)
+def test_a_job_past_its_time_limit_is_signalled_checkpoints_requeues_and_ends_as_an_uninterrupted_run(slurm_home):
+    """A real 1-minute time limit on about a minute of training (or more, on a loaded machine). SLURM checks limits
+    every 30 s (slurmctld's PERIODIC_TIMEOUT, not configurable), so with signal_delay=5 its SIGUSR2 comes 25 to 55 s
+    into each job; every requeued job waits cred_expire + 1 s before it starts again (.ci/slurm-up sets 10 s rather
+    than 120) and has the same limit, so a slow machine sees more than one requeue. The run must end equal, metric
+    for metric, to the same run trained without a break."""
+    settings = ["--set", "optim.epochs=260", "--set", "eval.every=65"]
+    [record] = submit("--slurm", "time=1", "--slurm", "signal_delay=5", "--slurm", "max_requeues=8", *settings)
+    plain = dmltui("run", "tiny", "--gpus", "cpu", "--json", *settings)  # the same run, on this machine, unbroken
+    assert plain.returncode == 0, plain.stderr
+    [reference] = json.loads(plain.stdout)
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("requeued_at"), 150, "SLURM's signal before the limit")
+    listed = by_id(record["id"])  # back in the queue until its BeginTime (then until a CPU is free): requeued
+    assert listed["state"] == "requeued" and listed["slurm_state"] == "PENDING"
+    assert listed["slurm_reason"] in ("BeginTime", "Resources")
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("state") in ("finished", "failed", "crashed"), 420,
+             "the requeued run ending")
+    wait_for(lambda: by_id(reference["id"])["state"] in ("finished", "failed", "crashed"), 300, "the reference run")
+    assert by_id(record["id"])["state"] == by_id(reference["id"])["state"] == "finished"
+    log = (Path(record["run_dir"]) / "train.log").read_text()
+    assert "received SIGUSR2" in log and "resumed after epoch" in log
+    status = RunDir(record["run_dir"]).read_status()
+    job_log = "".join(p.read_text() for p in Path(status["slurm_folder"]).glob(f"{status['slurm_job_id']}/*_log.out"))
+    assert "Job has timed out" in job_log  # submitit's word: the signal was the time limit's, not a preemption
+    assert evaluations(record["run_dir"]) == evaluations(reference["run_dir"])
+
+
+def test_runs_tail_follows_a_slurm_run_from_the_queue_until_it_ends(slurm_home):
+    """`runs tail` on the login node reads the run's files as the job writes them, from before the job starts until
+    SLURM has it end: every metric record once, then exit 0."""
+    [record] = submit("--set", "optim.epochs=4")
+    follow = subprocess.Popen([str(Path(sys.executable).with_name("dmltui")), "runs", "tail", record["id"], "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    table = dmltui("runs", "tail", record["id"])  # the live table, until the run ends
+    out, err = follow.communicate(timeout=120)
+    assert follow.returncode == 0 and table.returncode == 0, err + table.stderr
+    assert RunDir(record["run_dir"]).read_status()["state"] == "finished"
+    streamed = [json.loads(line) for line in out.splitlines()]
+    assert streamed == RunDir(record["run_dir"]).read_metrics() and [r["epoch"] for r in streamed if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert "finished" in table.stdout
+
+
+def test_the_tui_launches_on_slurm_shows_the_job_and_stops_resumes_and_reruns_it(slurm_home):
+    """The new-run form with target SLURM: the run becomes a job (held here, so that it stays PENDING with a known
+    reason), the runs table and the run screen show its id, state and reason, then its node once released; stop,
+    resume and rerun from the TUI go through SLURM (scancel, a new job, a new run's job)."""
+    import asyncio
+
+    from textual.widgets import Select
+
+    from dmltui.tui.app import DmlTuiApp
+    from dmltui.tui.screens.new_run import NewRunScreen
+    from dmltui.tui.screens.run import RunScreen
+    from dmltui.tui.screens.runs import RunsScreen
+
+    config = Path(os.environ["DMLTUI_CONFIG"])
+    config.write_text(config.read_text() + 'sbatch = ["--hold"]\n')
+
+    async def until(pilot, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            await pilot.pause(0.2)
+        raise AssertionError(f"{what}: not within {timeout} s")
+
+    def runs(app) -> list[dict]:
+        return sorted(app.monitor.records.values(), key=lambda r: r["created_at"])
+
+    def where(app, record) -> str:
+        return str(app.screen.table.get_cell(record["id"], "where"))
+
+    async def confirm(pilot, key: str):
+        await pilot.press(key)
+        await until(pilot, lambda: type(pilot.app.screen).__name__ == "ConfirmScreen", 10, f"{key} asks first")
+        await pilot.press("y")
+
+    async def scenario():
+        app = DmlTuiApp(poll_seconds=0.2)
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.push_screen(NewRunScreen("tiny"))
+            screen = await until(pilot, lambda: isinstance(app.screen, NewRunScreen) and app.screen, 30, "the form")
+            await until(pilot, lambda: screen.form is not None and screen.form.ready and screen.choices, 120, "the form")
+            screen.form.set_value("optim.epochs", "100000")
+            screen.query_one("#nr-on", Select).value = "slurm"
+            await until(pilot, lambda: screen.outcome and screen.validated_generation == screen.generation
+                        and screen.last_request.on == "slurm", 60, "validation")
+            assert not screen.outcome.problems and not screen.local_errors
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen), 60, "back on the runs screen")
+            [record] = await until(pilot, lambda: runs(app), 10, "the run listed")
+            job = RunDir(record["run_dir"]).read_status()["slurm_job_id"]
+            assert job in squeue_ids()
+            await until(pilot, lambda: where(app, record) == f"{job} PD (JobHeldUser)", 20, "the held job in the table")
+            await pilot.press("enter")
+            run_screen = await until(pilot, lambda: isinstance(app.screen, RunScreen) and app.screen, 10, "the run screen")
+            header = run_screen.query_one("#run-header")
+            await until(pilot, lambda: f"slurm job {job}: PENDING (JobHeldUser)" in str(header.render()), 10, "its header")
+            subprocess.run(["scontrol", "release", job], check=True)
+            await until(pilot, lambda: f"slurm job {job}: RUNNING on " in str(header.render()), 60, "the job running")
+            await until(pilot, lambda: (app.run_record(record["id"]) or {}).get("epoch", 0) >= 1, 120, "training")
+            await confirm(pilot, "x")  # stop: scancel, the engine checkpoints
+            await until(pilot, lambda: app.run_record(record["id"])["state"] == "stopped", 90, "stopped")
+            assert (Path(record["run_dir"]) / "checkpoints" / "last.pt").is_file()
+            await until(pilot, lambda: job not in squeue_ids(), 60, "the job out of the queue")
+            await pilot.press("r")  # resume: a new job (held again by the [slurm] table)
+            await until(pilot, lambda: RunDir(record["run_dir"]).read_status()["slurm_job_id"] != job, 30, "resubmitted")
+            resumed = RunDir(record["run_dir"]).read_status()["slurm_job_id"]
+            await until(pilot, lambda: f"slurm job {resumed}: PENDING (JobHeldUser)" in str(header.render()), 20, "the new job")
+            assert app.run_record(record["id"])["state"] == "queued"
+            await confirm(pilot, "x")
+            await until(pilot, lambda: app.run_record(record["id"])["state"] == "stopped", 60, "stopped again")
+            await confirm(pilot, "R")  # rerun: a new run, on SLURM as this one was
+            await until(pilot, lambda: len(runs(app)) == 2, 30, "the rerun listed")
+            new = runs(app)[1]
+            status = RunDir(new["run_dir"]).read_status()
+            assert status["executor"] == "slurm" and status["slurm_job_id"] in squeue_ids()
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, RunsScreen), 10, "the runs screen")
+            await until(pilot, lambda: where(app, new) == f"{status['slurm_job_id']} PD (JobHeldUser)", 20, "the rerun's job")
+
+    asyncio.run(scenario())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+from textual.widgets.select import InvalidSelectValueError
 
 from dmltui import config_form as cf
 from dmltui.launching import plan_runs
@@ -271,6 +273,67 @@ def test_sweep_mode_counts_and_validates_the_grid(isolated_env):
             await until(pilot, lambda: settled(screen) and screen.outcome.problems, what="grid validation")
             assert screen.query_one("#nr-grid").has_class("-invalid")
             assert stored_runs() == []
+
+    asyncio.run(scenario())
+
+
+def test_slurm_is_not_offered_where_sbatch_is_missing_and_the_form_says_why(isolated_env, monkeypatch):
+    from textual.widgets import Select
+
+    from dmltui.tui.app import DmlTuiApp
+
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # a machine without SLURM's commands
+
+    async def scenario():
+        app = DmlTuiApp(poll_seconds=0.2)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_new_run(app, pilot)
+            target = screen.query_one("#nr-on", Select)
+            assert target.value == "local"
+            with pytest.raises(InvalidSelectValueError):
+                target.value = "slurm"
+            target.focus()
+            await pilot.pause()
+            help_line = str(screen.query_one("#nr-help").render())
+            assert "SLURM is not offered: 'sbatch' is not on the PATH of this machine" in help_line
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is None, reason="SLURM's commands are not on the PATH (.ci/slurm-up installs them)")
+def test_slurm_target_validates_the_slurm_table_and_previews_on_slurm(isolated_env, tmp_path, monkeypatch):
+    """Nothing is submitted here: the target's checks are those of `dmltui run --on slurm` (a bad [slurm] setting is
+    one line at the target, and nothing starts), and the dry run shows the same command."""
+    from textual.widgets import Input, Select
+
+    from dmltui.tui.app import DmlTuiApp
+    from dmltui.tui.screens.new_run import PreviewScreen
+
+    config = tmp_path / "config.toml"
+    config.write_text('[slurm]\npartion = "gpu"\n')
+    monkeypatch.setenv("DMLTUI_CONFIG", str(config))
+
+    async def scenario():
+        app = DmlTuiApp(poll_seconds=0.2)
+        async with app.run_test(size=(120, 40)) as pilot:
+            screen = await open_new_run(app, pilot)
+            screen.query_one("#nr-on", Select).value = "slurm"
+            await until(pilot, lambda: settled(screen) and screen.last_request.on == "slurm", what="validation")
+            assert screen.query_one("#nr-gpus", Input).disabled  # SLURM's GPUs are the [slurm] table's
+            assert screen.query_one("#nr-on").has_class("-invalid")
+            problems = str(screen.query_one("#nr-problems").render())
+            assert "✗ on: slurm setting 'partion' is unknown; settings: partition, account" in problems
+            await pilot.press("ctrl+s")
+            await until(pilot, lambda: not screen.launching, what="the refusal")
+            assert stored_runs() == [] and app.screen is screen
+            config.write_text('[slurm]\npartition = "debug"\n')
+            screen.schedule_validation(delay=0.01)
+            await until(pilot, lambda: settled(screen) and not screen.local_errors, what="revalidation")
+            assert str(screen.query_one("#nr-status").render()).startswith("1 run on SLURM · ✓ valid")
+            await pilot.press("ctrl+t")
+            preview = await until(pilot, lambda: isinstance(app.screen, PreviewScreen) and app.screen, timeout=20, what="preview")
+            text = "\n".join(str(s.render()) for s in preview.query("Static"))
+            assert "dmltui run quickstart --on slurm" in text and "--gpus" not in text
 
     asyncio.run(scenario())
 

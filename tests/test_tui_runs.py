@@ -112,6 +112,49 @@ def test_run_cells_show_best_r_at_1(three_runs):
     assert cells["mark"].plain == "●" and cells["state"].plain == "finished"
 
 
+def test_where_a_run_executes_reads_like_squeue_in_the_table_and_in_words_on_the_run_screen():
+    from dmltui.listing import where_text
+    from dmltui.tui.format import job_text
+    from dmltui.tui.run_view import header_text
+
+    job = {"state": "queued", "epoch": 0, "epochs": 5, "executor": "slurm", "slurm_job_id": "4242_3"}
+    pending = {**job, "slurm_state": "PENDING", "slurm_reason": "Resources"}
+    running = {**job, "state": "running", "slurm_state": "RUNNING", "slurm_node": "gpu-node-07"}
+    assert where_text({"state": "finished"}) == "local"
+    assert where_text(pending) == "4242_3 PD (Resources)"  # squeue's JOBID ST NODELIST(REASON)
+    assert where_text(running) == "4242_3 R gpu-node-07"
+    assert where_text({**job, "slurm_state": "COMPLETING", "slurm_node": "gpu-node-07"}) == "4242_3 CG gpu-node-07"
+    assert where_text(job) == "4242_3"  # no longer in the queue
+    assert job_text(pending).plain == "slurm job 4242_3: PENDING (Resources)"
+    assert job_text(running).plain == "slurm job 4242_3: RUNNING on gpu-node-07"
+    assert job_text(job).plain == "slurm job 4242_3: not in the queue"
+    lines = header_text({**pending, "error": "boom"}, CLOCK).plain.splitlines()
+    assert lines[1:] == ["slurm job 4242_3: PENDING (Resources)", "boom"]
+    assert len(header_text({"state": "finished", "epoch": 5, "epochs": 5}, CLOCK).plain.splitlines()) == 1  # local: no job line
+
+
+def test_the_where_column_appears_once_a_run_is_on_slurm(three_runs, isolated_env):
+    """Runs on this machine alone: no column says so. A run submitted to SLURM (here one that ended, so that no squeue
+    is asked) brings the "where" column: its job for it, "local" for the others."""
+    app = app_for_tests()
+
+    async def scenario(pilot):
+        table = app.screen.table
+        await wait_for(pilot, lambda: table.row_count == 3)
+        assert "where" not in table.column_order and len(table.columns) == len(table.column_order)
+        record = fake_run(isolated_env, name="on-slurm", index=3, save=False)
+        run_dir = Path(record["run_dir"])
+        status = json.loads((run_dir / "status.json").read_text())
+        (run_dir / "status.json").write_text(json.dumps({**status, "executor": "slurm", "slurm_job_id": "4242_0"}))
+        run_ops.open_store().insert({**record, **run_ops.summarize(run_dir)})
+        await wait_for(pilot, lambda: table.row_count == 4)
+        assert table.column_order.index("where") == table.column_order.index("state") + 1
+        assert str(table.get_cell(record["id"], "where")) == "4242_0"
+        assert str(table.get_cell(three_runs[0]["id"], "where")) == "local"
+
+    run_app(app, scenario)
+
+
 # --------------------------------------------------------------------------- monitor and tails
 
 

@@ -58,7 +58,7 @@ def test_the_first_five_minutes_in_tmux(isolated_env):
         tmux.keys(*["Tab"] * 6, "End", "BSpace", "BSpace", "2")  # optim.epochs = 2
         tmux.wait_for(r"\* epochs\s+2\b", 10)
         tmux.wait_for(r"1 run · ✓ valid · 1 override", 10)
-        tmux.keys("C-o", *["BTab"] * 6, "0", "-", "1")  # back from the preset list to the seeds: two runs
+        tmux.keys("C-o", *["BTab"] * 7, "0", "-", "1")  # back from the preset list to the seeds: two runs
         tmux.wait_for(r"2 runs · ✓ valid · 1 override", 10)
         tmux.keys("C-s")
         tmux.wait_for(r"Start 2 runs|start 2 runs", 10)

@@ -13,6 +13,7 @@ from dmltui import compare as cmp
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.listing import matches, refreshed_runs
+from dmltui.tune.study import TUNING_TAG
 
 
 class Format(StrEnum):
@@ -46,6 +47,8 @@ def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
                 records.append(record)
     else:
         records = refreshed_runs()
+        if not tag:  # a study's fold runs validate and have no test results: tables compare test results
+            records = [r for r in records if TUNING_TAG not in r.get("tags", ())]
     return [r for r in records if matches(r, preset=preset, tag=tag, dataset=dataset)]
 
 

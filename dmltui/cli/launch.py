@@ -34,23 +34,20 @@ def _plan(presets: list[str], overrides: list[str], **kwargs) -> list[PlannedRun
 
 
 def _slurm_settings(on: str, slurm: list[str] | None):
-    """--on and --slurm as SlurmSettings (None for this machine); exit 2 with one line for a bad setting or a machine
-    without sbatch, before any run directory is made."""
-    from dmltui.executors import PLACES
-    from dmltui.executors.slurm import SlurmError, SlurmSettings, check_available
+    """--on and --slurm as launching.slurm_settings makes them (None for this machine); exit 2 with one line for a bad
+    setting or a machine without sbatch, before any run directory is made."""
+    from dmltui.executors.slurm import SlurmError
+    from dmltui.home import SettingError
+    from dmltui.launching import slurm_settings
 
-    if on not in PLACES:
-        fail(f"--on {on!r}: expected one of {', '.join(PLACES)}", ExitCode.USAGE)
-    if on == "local":
-        if slurm:
-            fail("--slurm settings need --on slurm", ExitCode.USAGE)
-        return None
+    if on == "local" and slurm:
+        fail("--slurm settings need --on slurm", ExitCode.USAGE)
     try:
-        settings = SlurmSettings.load(slurm or [])
-        check_available()
-    except SlurmError as error:
+        return slurm_settings(on, slurm or [])
+    except (SlurmError, SettingError) as error:
         fail(str(error), ExitCode.USAGE)
-    return settings
+    except ValueError as error:
+        fail(f"--on {error}", ExitCode.USAGE)
 
 
 def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
@@ -67,6 +64,8 @@ def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
         fail(str(error), ExitCode.FAILED)
 
 
+GpusPerRunOption = Annotated[int, typer.Option(
+    "--gpus-per-run", min=1, help="processes (GPUs) per run, DDP via torchrun: with --gpus auto, or --on slurm (one task)")]
 OnOption = Annotated[str, typer.Option("--on", help="where the runs execute: local (this machine) or slurm (one job array)")]
 SlurmOption = Annotated[list[str] | None, typer.Option(
     "--slurm", help="KEY=VALUE over the [slurm] table of the config file (partition, time, gpus_per_task...); repeatable")]
@@ -79,7 +78,7 @@ def run(
     gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     name: Annotated[str | None, typer.Option("--name", help="run name stem (default: the last preset)")] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag the runs; repeatable")] = None,
-    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=1, help="with --gpus auto: GPUs per run (DDP via torchrun)")] = 1,
+    gpus_per_run: GpusPerRunOption = 1,
     follow: Annotated[bool, typer.Option("--follow", help="watch the runs' metrics until they end")] = False,
     on: OnOption = "local",
     slurm: SlurmOption = None,
@@ -107,13 +106,14 @@ def sweep(
     gpus: Annotated[str | None, typer.Option("--gpus", help=GPUS_HELP)] = None,
     tags: Annotated[list[str] | None, typer.Option("--tag", help="tag every run; repeatable")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and list the runs, start nothing")] = False,
+    gpus_per_run: GpusPerRunOption = 1,
     on: OnOption = "local",
     slurm: SlurmOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the runs as JSON")] = False,
 ) -> None:
     """Launch the product of a parameter grid (times the seeds) as detached runs."""
     settings = _slurm_settings(on, slurm)
-    gpus = checked_gpus(gpus) if settings is None else "cpu"
+    gpus = checked_gpus(gpus, per_run=gpus_per_run) if settings is None else "cpu"
     planned = _plan(presets, overrides or [], seeds=seeds, grid=grid, tags=tags or [])
     if dry_run:
         rows = [{"grid": run.grid, "seed": run.seed, "name": run.name} for run in planned]
@@ -123,7 +123,7 @@ def sweep(
             for row in rows:
                 stdout.print(" ".join(f"{k}={v}" for k, v in row["grid"].items()) + f" seed={row['seed']}", highlight=False)
         return
-    records = _start(planned, gpus=gpus, tags=tags or [], slurm_settings=settings)
+    records = _start(planned, gpus=gpus, tags=tags or [], gpus_per_run=gpus_per_run, slurm_settings=settings)
     if as_json:
         print_json(records)
     else:

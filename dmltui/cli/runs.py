@@ -11,7 +11,7 @@ import typer
 
 from dmltui import runs as run_ops
 from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_json, stdout
-from dmltui.listing import best_value, matches, refreshed_runs, sort_runs
+from dmltui.listing import best_value, matches, on_slurm, refreshed_runs, sort_runs, where_text
 from dmltui.results import display_name
 from engine.rundir import FINAL_STATES, RunDir
 
@@ -53,14 +53,17 @@ def list_runs(
     if as_json:
         print_json([{key: r.get(key) for key in wanted} for r in records] if wanted else records)
         return
+    from rich.markup import escape
     from rich.table import Column, Table
 
-    table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", "dataset", "loss/miner", "epoch", "R@1", "tags",
-                  box=None, pad_edge=False)
+    slurm = on_slurm(records)  # then a column says where each run executes: SLURM's job, state and reason or node
+    table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", *(["where"] if slurm else []), "dataset",
+                  "loss/miner", "epoch", "R@1", "tags", box=None, pad_edge=False)
     for r in records:
         best = best_value(r)
         table.add_row(
-            r["id"], r["name"], f"[{STATE_STYLE.get(r['state'], 'white')}]{r['state']}[/]", r["dataset"],
+            r["id"], r["name"], f"[{STATE_STYLE.get(r['state'], 'white')}]{r['state']}[/]",
+            *([escape(where_text(r))] if slurm else []), r["dataset"],
             f"{r['loss']}/{r['miner']}", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
             f"{best:.4f}" if best is not None else "-", ",".join(r.get("tags", [])),
         )

@@ -24,6 +24,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ from dmltui import home
 from engine.rundir import FINAL_STATES, RunDir
 
 SQUEUE_TTL_SECONDS = 2.0  # a listing of many runs asks squeue once
+# The engine beats every 2 s, but the login node sees a compute node's status.json through the shared file system's
+# attribute and directory caches (NFS: up to 60 s by default) and through the two clocks' skew: four times the
+# local rule's 30 s before a silent run is taken for crashed.
+STALE_HEARTBEAT_SECONDS = 120.0
 
 
 class SlurmError(RuntimeError):
@@ -97,8 +102,9 @@ class SlurmSettings:
     def job_folder(self) -> Path:
         return Path(self.folder).expanduser() if self.folder else home.home() / "slurm"
 
-    def executor_parameters(self) -> dict[str, Any]:
-        """submitit's update_parameters() arguments for one task per run."""
+    def executor_parameters(self, processes: int = 1) -> dict[str, Any]:
+        """submitit's update_parameters() arguments for one task per run. A run of *processes* training processes
+        (torchrun in the task) asks for that many times the GPUs and CPUs of one: the settings are per process."""
         extra: dict[str, Any] = {}
         for option in self.sbatch:
             key, sep, value = option.removeprefix("#SBATCH").strip().removeprefix("--").partition("=")
@@ -107,14 +113,14 @@ class SlurmSettings:
             if getattr(self, key):
                 extra[key] = getattr(self, key)
         parameters: dict[str, Any] = {
-            "timeout_min": self.time, "tasks_per_node": 1, "nodes": 1, "cpus_per_task": self.cpus_per_task,
+            "timeout_min": self.time, "tasks_per_node": 1, "nodes": 1, "cpus_per_task": self.cpus_per_task * processes,
             "slurm_signal_delay_s": self.signal_delay,
             "slurm_setup": list(self.setup), "slurm_additional_parameters": extra, "name": "dmltui",
         }
         if self.partition:
             parameters["slurm_partition"] = self.partition
         if self.gpus_per_task:
-            parameters["slurm_gpus_per_task"] = self.gpus_per_task
+            parameters["slurm_gpus_per_task"] = self.gpus_per_task * processes
         if self.mem_gb:
             parameters["mem_gb"] = self.mem_gb
         return parameters
@@ -124,13 +130,14 @@ def check_available() -> None:
     """SlurmError unless this machine can submit (sbatch and squeue on the PATH)."""
     for command in ("sbatch", "squeue", "scancel"):
         if shutil.which(command) is None:
-            raise SlurmError(f"--on slurm: {command!r} is not on the PATH of this machine; run dmltui on the cluster's "
-                             "login node (or load its slurm module)")
+            raise SlurmError(f"{command!r} is not on the PATH of this machine; run dmltui on the cluster's login node "
+                             "(or load its slurm module)")
 
 
-def submit(run_dirs: list[str], settings: SlurmSettings, *, resume: bool = False) -> list[str]:
+def submit(run_dirs: list[str], settings: SlurmSettings, *, resume: bool = False, processes: int = 1) -> list[str]:
     """Submit the runs as one job array (one sbatch call); returns each run's job id (``ARRAYID_INDEX``) and records
-    it in the run's status.json. SlurmError (one line) when sbatch refuses."""
+    it in the run's status.json, with the run's number of training processes (*processes* > 1: DDP under torchrun
+    in the run's one task; a resume asks for as many again). SlurmError (one line) when sbatch refuses."""
     import submitit
 
     from dmltui.executors.slurm_job import EngineJob
@@ -140,14 +147,14 @@ def submit(run_dirs: list[str], settings: SlurmSettings, *, resume: bool = False
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile() as stderr_copy, _stderr_to(stderr_copy):  # sbatch's own complaints: in our one line
         try:
-            ids = _submit_array(submitit, EngineJob, folder, run_dirs, settings, resume)
+            ids = _submit_array(submitit, EngineJob, folder, run_dirs, settings, resume, processes)
         except SlurmError as error:
             stderr_copy.seek(0)
             said = [line.strip() for line in stderr_copy.read().decode(errors="replace").splitlines() if line.strip()]
             raise SlurmError(f"{error}{' (' + said[0] + ')' if said and said[0] not in str(error) else ''}") from None
     for run_dir, job_id in zip(run_dirs, ids):
         RunDir(run_dir).update_status(executor="slurm", slurm_job_id=job_id, slurm_folder=str(folder), host=None, pid=None,
-                                      slurm_node=None)
+                                      slurm_node=None, slurm_processes=processes)
     forget_queue()
     return ids
 
@@ -166,12 +173,12 @@ def _stderr_to(file) -> Iterator[None]:
 
 
 def _submit_array(submitit, job_type: type, folder: Path, run_dirs: list[str], settings: SlurmSettings,
-                  resume: bool) -> list[str]:
+                  resume: bool, processes: int) -> list[str]:
     try:
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=settings.max_requeues)
-        executor.update_parameters(slurm_array_parallelism=len(run_dirs), **settings.executor_parameters())
+        executor.update_parameters(slurm_array_parallelism=len(run_dirs), **settings.executor_parameters(processes))
         with executor.batch():
-            jobs = [executor.submit(job_type(), run_dir, resume) for run_dir in run_dirs]
+            jobs = [executor.submit(job_type(), run_dir, resume, processes) for run_dir in run_dirs]
     except Exception as error:  # submitit raises plain errors carrying sbatch's (or its own checks') message
         lines = [line for line in str(error).splitlines() if line.strip()]
         raise SlurmError(f"SLURM refused the runs: {lines[-1] if lines else error}") from None
@@ -222,16 +229,20 @@ def forget_queue() -> None:
     _queue_cache = (0.0, None)
 
 
-def derive_state(status: dict[str, Any], jobs: dict[str, QueuedJob] | None) -> str:
-    """The state of a run submitted to SLURM: written final states as they are; while its job is in the queue,
-    what the run dir says (``queued`` until the engine starts, ``requeued`` after a time-out); once the job has
-    left the queue, a run that is not final is ``crashed`` (killed, or its node failed). Without an answer from
-    squeue, a running run whose heartbeat went silent is crashed (the rule for runs elsewhere)."""
+def derive_state(status: dict[str, Any], jobs: dict[str, QueuedJob] | None, *, now: datetime | None = None) -> str:
+    """The state of a run submitted to SLURM: written final states as they are; a running run whose heartbeat has
+    been silent for STALE_HEARTBEAT_SECONDS is ``crashed`` (its node died or hangs: squeue may show the job RUNNING
+    until SLURM gives the node up, minutes later); while its job is in the queue, what the run dir says (``queued``
+    until the engine starts, ``requeued`` after a time-out); once the job has left the queue, a run that is not final
+    is ``crashed`` (killed, or its node failed). Without an answer from squeue, the run dir alone."""
     state = status.get("state", "queued")
-    if state in FINAL_STATES or jobs is None:
+    if state in FINAL_STATES:
         return state
-    job = jobs.get(str(status.get("slurm_job_id")))
-    if job is not None:
+    beat = status.get("heartbeat_at")
+    age = ((now or datetime.now(UTC)) - datetime.fromisoformat(beat)).total_seconds() if beat else None
+    if state == "running" and age is not None and age > STALE_HEARTBEAT_SECONDS:
+        return "crashed"
+    if jobs is None or str(status.get("slurm_job_id")) in jobs:
         return state
     return "crashed"
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
 
-from dmltui.listing import best_value, duration_seconds, parse_time
+from dmltui.listing import best_value, duration_seconds, on_slurm, parse_time, where_text
 
 # ANSI colour names: readable in a 16-colour terminal as well as in truecolor
 STATE_COLOURS = {"queued": "cyan", "requeued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
@@ -57,11 +58,33 @@ def duration_text(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def where_cell(record: dict[str, Any]) -> Text:
+    """:func:`dmltui.listing.where_text` for the runs table: ``local`` dimmed, a job cut with an ellipsis."""
+    return Text(where_text(record), style="dim" if record.get("executor") != "slurm" else "", no_wrap=True,
+                overflow="ellipsis")
+
+
+def job_text(record: dict[str, Any]) -> Text:
+    """A SLURM run's job in words, for the run screen: ``slurm job 123_4: PENDING (Resources)``, ``…: RUNNING on
+    node07``, or ``…: not in the queue`` once it has left it."""
+    text = Text(f"slurm job {record.get('slurm_job_id') or '?'}: ")
+    state, reason, node = record.get("slurm_state"), record.get("slurm_reason"), record.get("slurm_node")
+    if not state:
+        return text.append("not in the queue", style="dim")
+    text.append(state, style=f"bold {STATE_COLOURS['queued']}" if state == "PENDING" else "bold")
+    if state == "PENDING" and reason:
+        text.append(f" ({reason})")
+    elif node:
+        text.append(f" on {node}")
+    return text
+
+
 def run_cells(record: dict[str, Any], *, selected: bool = False, now: datetime | None = None) -> dict[str, Any]:
     """The runs table's cells of one run, keyed by column."""
     return {
         "mark": Text("●", style="bold cyan") if selected else Text(" "),
         "state": state_text(record["state"]),
+        "where": where_cell(record),
         "name": record["name"],
         "preset": record.get("preset") or "-",
         "dataset": record.get("dataset") or "-",
@@ -75,10 +98,11 @@ def run_cells(record: dict[str, Any], *, selected: bool = False, now: datetime |
 
 # column key -> (header, the run field or metric that sorts it, fixed width for cells that change while a run lives
 # (re-measuring a column re-lays out the whole table: too costly every second), None: sized to its content);
-# the most useful first, for 80 columns
+# the most useful first, for 80 columns; "where" only while some run is on SLURM (see shown_columns)
 RUN_COLUMNS = {
     "mark": (" ", None, 1),
     "state": ("state", "state", 8),
+    "where": ("where", None, 24),
     "name": ("name", "name", None),
     "epoch": ("epoch", "epoch", 16),
     "r_at_1": ("best R@1", "e_recall@1", 8),
@@ -88,6 +112,13 @@ RUN_COLUMNS = {
     "started": ("started", "created_at", 10),
     "duration": ("time", "duration", 8),
 }
+
+
+def shown_columns(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The runs table's columns: every one of RUN_COLUMNS, less "where" when no run is on SLURM (runs on this machine
+    alone need no column saying so)."""
+    slurm = on_slurm(records)
+    return [key for key in RUN_COLUMNS if key != "where" or slurm]
 
 
 TAB_KEYS = Binding.Group("Tabs", compact=True)  # the footer shows "12345 Tabs" once instead of five hints

@@ -24,7 +24,7 @@ from dmltui.compare import PAPER_METRICS, flatten_config
 from dmltui.listing import duration_seconds
 from dmltui.monitor import epoch_rows, log_tail, metrics_tail
 from dmltui.runs import load_config
-from dmltui.tui.format import duration_text, metric_text, progress_text, state_text
+from dmltui.tui.format import duration_text, job_text, metric_text, progress_text, state_text
 from engine.metric_names import display_name
 
 EVAL_SPLITS = ("val", "test", "train")  # column order of the evaluated splits
@@ -170,7 +170,8 @@ def best_entry_of(record: dict[str, Any], metric: str = "e_recall@1") -> tuple[s
 
 
 def header_text(record: dict[str, Any], now: datetime | None = None) -> Text:
-    """``running · epoch 3/10 ▰▰▱▱ · best R@1 0.6123 (3) · 0:03:00`` and the error, if any."""
+    """``running · epoch 3/10 ▰▰▱▱ · best R@1 0.6123 (3) · 0:03:00``; for a run on SLURM, its job on a second line
+    (``slurm job 123_4: PENDING (Resources)``); and the error, if any."""
     text = Text()
     text.append_text(state_text(record["state"]))
     text.append(" · epoch ")
@@ -184,6 +185,9 @@ def header_text(record: dict[str, Any], now: datetime | None = None) -> Text:
     else:
         text.append("-")
     text.append(f" · {duration_text(duration_seconds(record, now))}")
+    if record.get("executor") == "slurm":
+        text.append("\n")
+        text.append_text(job_text(record))
     if record.get("error"):
         text.append("\n")
         text.append(str(record["error"]), style="red")

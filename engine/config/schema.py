@@ -50,6 +50,11 @@ class DataConfig(Section):
     use_tv_split: bool = Field(False, description="Split the training classes (or samples) into train and validation.")
     tv_split_by_samples: bool = Field(False, description="Split per class by samples instead of by classes.")
     tv_split_perc: float = Field(0.8, gt=0.0, lt=1.0, description="Fraction of the training data kept for training.")
+    folds: int = Field(
+        0, ge=0, description="Class-disjoint k-fold cross-validation over the training classes: 0 off, k >= 2 folds "
+        "(class i belongs to fold i mod k; the classes of data.fold validate, the others train)."
+    )
+    fold: int = Field(0, ge=0, description="Which of the data.folds folds validates.")
     workers: int = Field(6, ge=0, description="DataLoader worker processes (the original's --kernels).")
     in_memory: bool = Field(False, description="Decode every image once and keep it in RAM (for small datasets).")
     cache: Literal["off", "resized"] = Field(
@@ -59,6 +64,16 @@ class DataConfig(Section):
         None, ge=8, description="Shorter side of the cached images; default: the eval resize (256 for 224 px input)."
     )
     cache_dir: str | None = Field(None, description="Folder of the image cache; default <source_path>/<dataset>/.dmltui-cache.")
+
+    @model_validator(mode="after")
+    def _one_validation_split(self) -> DataConfig:
+        if self.folds == 1:
+            raise ValueError("data.folds=1 leaves no class to validate on: use 0 (off) or at least 2")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"data.fold={self.fold} is not one of the {self.folds} folds (0..{self.folds - 1})")
+        if self.folds and self.use_tv_split:
+            raise ValueError("data.folds and data.use_tv_split both make a validation split: use one")
+        return self
 
     @model_validator(mode="after")
     def _cache_not_below_input(self) -> DataConfig:
@@ -434,6 +449,10 @@ class EvalConfig(Section):
         False, description="Evaluate the initial network (e.g. pretrained, no training) as epoch 0, checkpoint it and finish."
     )
     batch_size: int | None = Field(None, ge=1, description="Batch size of embedding extraction; default sampler.batch_size.")
+    test: bool = Field(
+        True, description="Use the test split. false (hyperparameter search): it is not even loaded, so nothing can "
+        "be chosen on it; needs a validation split (data.folds or data.use_tv_split)."
+    )
 
     @field_validator("metrics", "storage_metrics")
     @classmethod
@@ -497,6 +516,15 @@ class Config(Section):
     @model_validator(mode="after")
     def _loss_accepts_miner(self) -> Config:
         catalog.check_miner(self.loss.name, self.miner.name)
+        return self
+
+    @model_validator(mode="after")
+    def _test_free_runs_validate(self) -> Config:
+        if not self.eval.test:
+            if not (self.data.folds or self.data.use_tv_split):
+                raise ValueError("eval.test=false needs a validation split: set data.folds or data.use_tv_split")
+            if self.eval.raw_pixel_baseline:
+                raise ValueError("eval.raw_pixel_baseline reports on the test split, which eval.test=false excludes")
         return self
 
     @model_validator(mode="after")

@@ -247,9 +247,31 @@ def create_splits(
     use_tv_split: bool = False,
     tv_split_by_samples: bool = False,
     tv_split_perc: float = 0.8,
+    folds: int = 0,
+    fold: int = 0,
+    with_test: bool = True,
 ) -> Splits:
+    """The dataset's train/test (and validation) image lists.
+
+    *folds* >= 2: class-disjoint cross-validation, the training classes of fold *fold* validate. *with_test* False:
+    ``Splits.test`` is None, so that a run tuning hyperparameters holds nothing of the test split to look at.
+    """
     spec = DATASETS.get(name)
     root = data_root(source_path) / name
     splits = spec.load(root, use_tv_split=use_tv_split, by_samples=tv_split_by_samples, fraction=tv_split_perc)
+    if folds:
+        from engine.data.folder import class_folds
+
+        splits.train, splits.val = class_folds(splits.train, folds, fold)
+    if not with_test:
+        splits.test = None
     splits.info.update(dataset=name, root=str(root))
     return splits
+
+
+def splits_of(data, *, with_test: bool = True) -> Splits:
+    """:func:`create_splits` for a run's ``data`` config section."""
+    return create_splits(
+        data.dataset, data.source_path, use_tv_split=data.use_tv_split, tv_split_by_samples=data.tv_split_by_samples,
+        tv_split_perc=data.tv_split_perc, folds=data.folds, fold=data.fold, with_test=with_test,
+    )

@@ -241,6 +241,6 @@ def ensure_image_cache(paths: Iterable[Path], root: Path, size: int, cache_dir: 
 def open_split_cache(splits: Splits, size: int, cache_dir: str | os.PathLike | None = None, *,
                      workers: int = 0) -> ImageCache:
     """The cache of every image of a dataset's splits (train, test and validation share one cache)."""
-    lists = [splits.train, splits.test] + ([splits.val] if splits.val is not None else [])
+    lists = [images for images in (splits.train, splits.test, splits.val) if images is not None]
     root = Path(splits.info.get("root") or os.path.commonpath([str(p) for images in lists for p in images.paths]))
     return ensure_image_cache((p for images in lists for p in images.paths), root, size, cache_dir, workers=workers)

@@ -48,7 +48,7 @@ class ImageList:
 @dataclass
 class Splits:
     train: ImageList
-    test: ImageList
+    test: ImageList | None  # None: left out on purpose (eval.test=false)
     val: ImageList | None = None
     info: dict = field(default_factory=dict)
 
@@ -67,6 +67,26 @@ def split_by_classes(classes: list, fraction: float) -> tuple[list, list]:
     if cut < 1 or cut >= len(classes):
         raise DatasetError(f"data.tv_split_perc={fraction} leaves no class on one side of {len(classes)} classes")
     return classes[:cut], classes[cut:]
+
+
+def class_subset(images: ImageList, classes: list[int]) -> ImageList:
+    """The images of the given classes (labels renumbered 0..len(classes)-1 in that order)."""
+    relabel = np.full(images.num_classes, -1, dtype=np.int64)
+    relabel[classes] = np.arange(len(classes))
+    rows = np.flatnonzero(relabel[images.labels] >= 0)
+    return ImageList([images.paths[i] for i in rows], relabel[images.labels[rows]], [images.class_names[c] for c in classes])
+
+
+def class_folds(train: ImageList, folds: int, fold: int) -> tuple[ImageList, ImageList]:
+    """Class-disjoint k-fold cross-validation: training class c belongs to fold c mod k; fold *fold* validates.
+
+    Dealing classes round-robin rather than in blocks keeps each fold a spread of the class list, whose order often
+    follows a taxonomy (CUB200's species, CARS196's makes)."""
+    if folds > train.num_classes:
+        raise DatasetError(f"data.folds={folds} is more than the {train.num_classes} training classes")
+    val = [c for c in range(train.num_classes) if c % folds == fold]
+    rest = [c for c in range(train.num_classes) if c % folds != fold]
+    return class_subset(train, rest), class_subset(train, val)
 
 
 def split_by_samples(classes: list[tuple[str, list[Path]]], fraction: float) -> tuple[list, list]:

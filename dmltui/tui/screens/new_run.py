@@ -4,7 +4,8 @@ Everything slow happens in workers: reading the presets, building the field list
 schema, reading the select choices (engine.catalog: the registries' names without torch, so the
 form is ready within a second of opening, cold), resolving the highlighted preset and validating
 the form. Validation and launching call the CLI's own
-``dmltui.launching.plan_runs``/``start_runs``: the same error lines, the same runs.
+``dmltui.launching.plan_runs``/``start_runs`` (and ``slurm_settings`` for the SLURM target, as ``--on slurm``
+does): the same error lines, the same runs.
 """
 
 from __future__ import annotations
@@ -52,12 +53,15 @@ CONTROL_HELP = {
     "nr-preset-list": "The preset to start from: up/down picks it (the form follows); tab goes on to the form",
     "nr-dataset": "Compose a dataset preset after the chosen one, as in `dmltui run margin-b12-d cub200`",
     "nr-seeds": "Seeds like 0-4 or 0,3,7 (one run per seed); empty: the preset's seeds",
+    "nr-on": "Where the runs execute: this machine (detached processes), or SLURM (one job array with the [slurm] "
+             "settings of the user config file)",
     "nr-gpus": "auto (each run queues for a free GPU), cpu, or GPU indices like 0,1; empty: auto if this machine has GPUs, else cpu",
     "nr-name": "Run name stem; -s<seed> is appended (sweeps add the grid values); empty: the preset's name",
     "nr-tags": "Tags of the new runs, comma-separated",
     "nr-grid": "Sweep grid: one KEY=V1,V2,... per line; the runs are the product of the lines x the seeds",
     "nr-launch-button": "Validate the form and start the run(s) (ctrl+s)",
 }
+TARGETS = {"local": "this machine", "slurm": "SLURM"}  # the values of --on, as the form shows them
 HINT = ("tab: next field, explained here · ctrl+r resets a field\n"
         "values are the preset's; edited ones (*) are overrides")
 
@@ -73,7 +77,8 @@ class Request:
     name: str
     tags: list[str]
     grid: list[str]
-    local_errors: dict[str, str] = field(default_factory=dict)  # field key or seeds/gpus/grid -> message
+    on: str = "local"  # where the runs execute: local or slurm (launching.slurm_settings)
+    local_errors: dict[str, str] = field(default_factory=dict)  # field key or seeds/on/gpus/grid -> message
 
 
 @dataclass
@@ -94,7 +99,8 @@ def _plan(request: Request):
     try:
         planned, warnings = plan_runs(request.presets, request.overrides, seeds=request.seeds.strip() or None,
                                       name=request.name.strip() or None, grid=request.grid or None, tags=request.tags)
-        outcome = Outcome(device_problems(planned, request.gpus), warnings, [(run.name, run.grid, run.seed) for run in planned])
+        devices = device_problems(planned, request.gpus) if request.on == "local" else []  # SLURM: the [slurm] table's GPUs
+        outcome = Outcome(devices, warnings, [(run.name, run.grid, run.seed) for run in planned])
     except ConfigError as error:
         outcome = Outcome(list(error.lines))
     except ValueError as error:
@@ -105,6 +111,31 @@ def _plan(request: Request):
 def _without_set_source(line: str) -> str:
     """'--set optim.epochs: optim.epochs = -1: …' reads as 'optim.epochs = -1: …' (preset files stay named)."""
     return error_message(line, None) if line.startswith("--set ") else line
+
+
+def _slurm_missing() -> str | None:
+    """Why this machine cannot submit to SLURM (no sbatch on the PATH...), None when it can."""
+    from dmltui.executors.slurm import SlurmError, check_available
+
+    try:
+        check_available()
+    except SlurmError as error:
+        return str(error)
+    return None
+
+
+def _slurm_problem() -> str | None:
+    """What keeps the runs from going to SLURM as the CLI's ``--on slurm`` would send them: a bad [slurm] setting in
+    the user config file, or no sbatch; None when nothing does."""
+    from dmltui.executors.slurm import SlurmError
+    from dmltui.home import SettingError
+    from dmltui.launching import slurm_settings
+
+    try:
+        slurm_settings("slurm")
+    except (SlurmError, SettingError) as error:
+        return str(error)
+    return None
 
 
 class PreviewScreen(ModalScreen[None]):
@@ -135,7 +166,7 @@ class PreviewScreen(ModalScreen[None]):
         lines.append("")
         lines.append("[b]Command line[/]")
         lines.append(escape(cli_command(request.presets, request.overrides, seeds=request.seeds, gpus=request.gpus,
-                                        name=request.name, tags=request.tags, grid=request.grid)))
+                                        name=request.name, tags=request.tags, grid=request.grid, on=request.on)))
         with VerticalScroll(classes="dialog preview"):
             yield Static("\n".join(lines))
             yield Static("[dim]escape closes[/dim]")
@@ -174,6 +205,7 @@ class NewRunScreen(Screen):
         self._form: ConfigForm | None = None
         self._validate_timer: Timer | None = None
         self._resolve_timer: Timer | None = None
+        self.slurm_missing = _slurm_missing()  # why SLURM is not offered here (None: it is)
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -192,6 +224,9 @@ class NewRunScreen(Screen):
             with Horizontal(classes="nr-row"):
                 yield Label("seeds", classes="nr-caption")
                 yield Input(placeholder="", id="nr-seeds", compact=True)
+                yield Label("on", classes="nr-caption")
+                yield Select([(TARGETS[t], t) for t in TARGETS if t == "local" or not self.slurm_missing], value="local",
+                             allow_blank=False, id="nr-on", compact=True)
                 yield Label("gpus", classes="nr-caption")
                 yield Input(placeholder=resolve_request(None), id="nr-gpus", compact=True,  # this machine's default
                             suggester=SuggestFromList(["auto", "cpu"]))
@@ -210,8 +245,8 @@ class NewRunScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        for widget_id, text in CONTROL_HELP.items():
-            self.query_one(f"#{widget_id}").tooltip = text
+        for widget_id in CONTROL_HELP:
+            self.query_one(f"#{widget_id}").tooltip = self.control_help(widget_id)
         self.query_one("#nr-grid-row").display = False
         self.query_one("#nr-problems").display = False
         self.query_one("#nr-preset-list", OptionList).focus()
@@ -430,11 +465,30 @@ class NewRunScreen(Screen):
         widget = event.widget
         if self.form is not None and self.form in widget.ancestors:
             return
-        self.query_one("#nr-help", Static).update(CONTROL_HELP.get(widget.id or "", HINT))
+        self.query_one("#nr-help", Static).update(self.control_help(widget.id or ""))
+
+    def control_help(self, widget_id: str) -> Text:
+        """What the help line says about a launch control (the target says why SLURM is not offered, where it is not);
+        plain text, as it names the [slurm] table."""
+        if widget_id == "nr-on" and self.slurm_missing:
+            return Text(f"Where the runs execute: this machine. SLURM is not offered: {self.slurm_missing}")
+        if widget_id == "nr-gpus" and self.target == "slurm":
+            return Text("On SLURM, each run's GPUs are the [slurm] table's gpus_per_task (the user config file), not these")
+        return Text(CONTROL_HELP.get(widget_id, HINT))
+
+    @property
+    def target(self) -> str:
+        """Where the runs execute: local or slurm."""
+        return str(self.query_one("#nr-on", Select).value)
 
     @on(ConfigForm.Changed)
     def _form_changed(self) -> None:
         self.schedule_validation()
+
+    @on(Select.Changed, "#nr-on")
+    def _target_changed(self) -> None:
+        self.query_one("#nr-gpus", Input).disabled = self.target == "slurm"  # SLURM's GPUs come from the [slurm] table
+        self._launch_controls_changed()
 
     @on(Input.Changed, "#nr-seeds, #nr-gpus, #nr-name, #nr-tags")
     @on(TextArea.Changed, "#nr-grid")
@@ -455,11 +509,18 @@ class NewRunScreen(Screen):
         grid = grid_lines(self.query_one("#nr-grid", TextArea).text) if self.sweep else []
         from dmltui.launching import parse_grid, parse_seeds  # imported by the workers by now
 
-        try:
-            gpus = resolve_request(gpus)
-        except ValueError as error:
-            local["gpus"] = str(error)
-            gpus = gpus or "cpu"
+        on = self.target
+        if on == "slurm":
+            problem = _slurm_problem()
+            if problem:
+                local["on"] = problem
+            gpus = "cpu"  # as the CLI passes it with --on slurm: the runs' GPUs are the [slurm] table's
+        else:
+            try:
+                gpus = resolve_request(gpus)
+            except ValueError as error:
+                local["gpus"] = str(error)
+                gpus = gpus or "cpu"
         if seeds.strip():
             try:
                 parse_seeds(seeds)
@@ -474,7 +535,7 @@ class NewRunScreen(Screen):
         if self.sweep and not grid and "grid" not in local:
             local["grid"] = "sweep mode: add a grid line KEY=V1,V2 (or turn sweep off with ctrl+g)"
         return Request(self.presets(), overrides, seeds, gpus, self.query_one("#nr-name", Input).value,
-                       split_tags(self.query_one("#nr-tags", Input).value), grid, local)
+                       split_tags(self.query_one("#nr-tags", Input).value), grid, on, local)
 
     @property
     def sweep(self) -> bool:
@@ -487,11 +548,12 @@ class NewRunScreen(Screen):
             status.update(Text("resolving the preset…" if not self.resolve_error else "the preset does not resolve", style="dim"))
             return
         grid = grid_lines(self.query_one("#nr-grid", TextArea).text) if self.sweep else []
+        where = " on SLURM" if self.target == "slurm" else ""
         try:
             count = run_count(self.query_one("#nr-seeds", Input).value, self.resolved["seeds"], grid)
-            count_text = Text(f"{count} run{'s' if count != 1 else ''}", style="bold")
+            count_text = Text(f"{count} run{'s' if count != 1 else ''}{where}", style="bold")
         except ValueError:
-            count_text = Text("? runs", style="bold")
+            count_text = Text(f"? runs{where}", style="bold")
         state = self._state_text()
         status.update(Text.assemble(count_text, " · ", state))
 
@@ -557,7 +619,7 @@ class NewRunScreen(Screen):
                 field_errors.setdefault(key, error_message(line, key))
         if form is not None:
             form.show_errors(field_errors)
-        for name in ("seeds", "gpus", "grid"):
+        for name in ("seeds", "on", "gpus", "grid"):
             self.query_one(f"#nr-{name}").set_class(name in control_errors, "-invalid")
         lines = [Text(f"✗ {k}: {m}", style="red") for k, m in request.local_errors.items()]
         lines += [Text(f"✗ {_without_set_source(p)}", style="red") for p in outcome.problems]
@@ -578,6 +640,7 @@ class NewRunScreen(Screen):
             found += self.form.overrides().changed
         found += [f"{name}: {value}" for name in ("seeds", "gpus", "name", "tags")
                   if (value := self.query_one(f"#nr-{name}", Input).value.strip())]
+        found += [f"on: {TARGETS[self.target]}"] if self.target != "local" else []
         found += grid_lines(self.query_one("#nr-grid", TextArea).text)
         return found
 
@@ -638,7 +701,8 @@ class NewRunScreen(Screen):
         except ValueError:
             count = 0
         if count > 1 and not request.local_errors:
-            question = f"Start {count} runs of {' + '.join(request.presets)}" + (" (sweep)?" if request.grid else "?")
+            where = " on SLURM" if request.on == "slurm" else ""
+            question = f"Start {count} runs of {' + '.join(request.presets)}{where}" + (" (sweep)?" if request.grid else "?")
             self.app.push_screen(ConfirmScreen(question, confirm_label="Start"),
                                  lambda yes: yes and self._launch(request))
         else:
@@ -658,14 +722,17 @@ class NewRunScreen(Screen):
         if outcome.problems or request.local_errors:
             self.app.call_from_thread(self._launch_refused, request, outcome, generation)
             return
-        from dmltui.launching import start_runs
+        from dmltui.executors.slurm import SlurmError
+        from dmltui.launching import slurm_settings, start_runs
 
         try:
-            records = start_runs(planned, gpus=request.gpus, tags=request.tags)
+            records = start_runs(planned, gpus=request.gpus, tags=request.tags, slurm_settings=slurm_settings(request.on))
             error = None
+        except SlurmError as problem:  # sbatch refused the job array (its one line says why); nothing was left behind
+            records, error = [], str(problem)
         except Exception as problem:  # a store or file-system problem: say so, keep the form
             records, error = [], f"{type(problem).__name__}: {problem}"
-        self.app.call_from_thread(self._launched, records, error)
+        self.app.call_from_thread(self._launched, records, error, request.on)
 
     def _launch_refused(self, request: Request, outcome: Outcome, generation: int) -> None:
         self.launching = False
@@ -675,7 +742,7 @@ class NewRunScreen(Screen):
             self.validated_generation = self.generation = generation
             self.show_outcome(request, outcome)
 
-    def _launched(self, records: list[dict[str, Any]], error: str | None) -> None:
+    def _launched(self, records: list[dict[str, Any]], error: str | None, on: str) -> None:
         """Runs started (or not): said even when the screen was left meanwhile."""
         self.launching = False
         if error:
@@ -684,7 +751,8 @@ class NewRunScreen(Screen):
                 self.update_count()
             return
         names = ", ".join(r["name"] for r in records[:3]) + (" …" if len(records) > 3 else "")
-        self.app.notify(f"started {len(records)} run{'s' if len(records) != 1 else ''}: {names}")
+        where = " on SLURM" if on == "slurm" else ""
+        self.app.notify(f"started {len(records)} run{'s' if len(records) != 1 else ''}{where}: {names}")
         self.app.refresh_runs()
         if self.is_current:
             self.dismiss()

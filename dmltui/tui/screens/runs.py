@@ -13,7 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from dmltui.compare import logged_metrics
 from dmltui.listing import parse_filter, record_filter, search_text, sort_runs, sort_value
-from dmltui.tui.format import RUN_COLUMNS, run_cells
+from dmltui.tui.format import RUN_COLUMNS, run_cells, shown_columns
 from dmltui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from dmltui.tui.widgets.gpu_panel import GpuPanel
 from dmltui.tui.widgets.runs_table import RunsTable
@@ -35,6 +35,8 @@ class RunsScreen(Screen):
         Binding("t", "tag_filter", "Tag", show=False, tooltip="Show only runs with a tag"),
         Binding("space", "toggle_select", "Select", tooltip="Select or unselect the run for comparison"),
         Binding("c", "compare", "Compare", tooltip="Compare the selected runs (or all shown runs)"),
+        Binding("S", "studies", "Studies", show=False, key_display="S",
+                tooltip="Hyperparameter studies (dmltui tune): trials, plots, importances"),
         Binding("x", "stop", "Stop", tooltip="Stop the run: SIGTERM, the engine checkpoints, SIGKILL after 30 s"),
         Binding("r", "resume", "Resume", show=False, tooltip="Resume a stopped, crashed or failed run from its checkpoint"),
         Binding("R", "rerun", "Rerun", show=False, key_display="R", tooltip="Start a new run with the same config"),
@@ -54,9 +56,7 @@ class RunsScreen(Screen):
         yield Header()
         yield Input(placeholder="/ filter: words, state:running, tag:paper, dataset:cub200, preset:…", id="filter")
         yield Static(id="summary")
-        table = RunsTable(list(RUN_COLUMNS), id="runs")
-        for key, (header, _field, width) in RUN_COLUMNS.items():
-            table.add_column(header, key=key, width=width)
+        table = RunsTable(shown_columns([]), id="runs")
         yield table
         yield Static(id="empty")
         yield GpuPanel()
@@ -87,6 +87,8 @@ class RunsScreen(Screen):
         shown = list(self.shown)
         for run_id in changed:
             record = self.app.monitor.records[run_id]
+            if record.get("executor") == "slurm" and "where" not in self.table.column_order:
+                return False  # the first run on SLURM: the "where" column appears
             index = position.get(run_id)
             if (index is not None) != passes(record):
                 return False
@@ -119,6 +121,7 @@ class RunsScreen(Screen):
         """Show the filtered, sorted runs; *force* re-renders every cell (the selection marks changed)."""
         now = self.app.now()
         self.shown = self.visible_runs()
+        self.table.set_columns(shown_columns(self.app.monitor.records.values()))
         self.table.show(self.shown, lambda record: run_cells(record, selected=record["id"] in self.selected, now=now),
                         force=force, cursor=self.cursor_run_id())
         self._update_summary()
@@ -256,6 +259,11 @@ class RunsScreen(Screen):
         run_id = self.cursor_run_id()
         if run_id:
             self.app.push_screen(RunScreen(run_id))
+
+    def action_studies(self) -> None:
+        from dmltui.tui.screens.studies import open_studies
+
+        open_studies(self.app)
 
     def action_new_run(self) -> None:
         from dmltui.tui.screens.new_run import NewRunScreen

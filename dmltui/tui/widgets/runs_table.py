@@ -14,6 +14,8 @@ from typing import Any
 from textual._two_way_dict import TwoWayDict
 from textual.widgets import DataTable
 
+from dmltui.tui.format import RUN_COLUMNS
+
 CHUNK_PAUSE = 0.01  # seconds between chunks: keys typed meanwhile are answered before the next chunk
 Cells = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -26,12 +28,24 @@ class RunsTable(DataTable):
         self._order_version = 0  # (before DataTable's own __init__, which already asks for the row order)
         self._order_cache: tuple[tuple[int, int], list[Any], list[tuple[Any, int]]] | None = None
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self.column_order = columns
         self.records: list[dict[str, Any]] = []  # what the table shows, in order; the first `loaded` are rows by now
         self.loaded = 0
         self._cells: Cells = lambda record: {}
         self._cursor_wanted: str | None = None
         self._generation = 0  # of the list being loaded: a rebuild stops the chunks of the one before
+        self.column_order: list[str] = []
+        self.set_columns(columns)
+
+    def set_columns(self, columns: list[str]) -> None:
+        """Show these columns of RUN_COLUMNS, in this order; a change empties the table (the next show rebuilds it)."""
+        if columns == self.column_order:
+            return
+        self.clear(columns=True)
+        for key in columns:
+            header, _field, width = RUN_COLUMNS[key]
+            self.add_column(header, key=key, width=width)
+        self.column_order = columns
+        self.records, self.loaded = [], 0
 
     @property
     def pending(self) -> bool:
@@ -100,7 +114,9 @@ class RunsTable(DataTable):
         for record in records:
             if shown.get(record["id"]) is record and not force:
                 continue
-            for column, value in self._cells(record).items():
+            cells = self._cells(record)
+            for column in self.column_order:
+                value = cells[column]
                 if str(self.get_cell(record["id"], column)) != str(value):
                     self.update_cell(record["id"], column, value)
 
