@@ -183,6 +183,7 @@ raw_pixel_baseline = false
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 4 minutes alone; the slow suite runs it beside the SLURM tests
 def test_a_study_killed_and_continued_prunes_the_hopeless_and_finalizes_on_test(tiny, isolated_env, tmp_path):
     """6 trials x 2 folds, one trial's folds at a time. The tuner is killed (SIGKILL) once trials are under way and
     started again with the same command: the study ends with exactly 6 trials and every (trial, fold) run once.
