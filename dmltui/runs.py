@@ -401,7 +401,7 @@ def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -
         status = rd.read_status()
         if status.get("executor") == "slurm":  # back to the cluster, as one job of as many processes as before
             try:
-                settings = slurm.SlurmSettings.load()
+                settings = slurm.SlurmSettings.of_run(status)
                 rd.update_status(state="queued", ended_at=None, error=None)  # before the job can start and say running
                 slurm.submit([current["run_dir"]], settings, resume=True, processes=status.get("slurm_processes", 1))
             except slurm.SlurmError as error:
@@ -415,10 +415,10 @@ def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -
 
 def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None = None) -> dict[str, Any]:
     """Start a new run with the same resolved config where the run ran: detached on *gpus* (as for resume), or, for a
-    run on SLURM, as a job with the [slurm] settings of the user config and as many processes; returns its record."""
+    run on SLURM, as a job with the settings it was submitted with and as many processes; returns its record."""
     status = RunDir(record["run_dir"]).read_status()
     try:
-        settings = slurm.SlurmSettings.load() if status.get("executor") == "slurm" else None
+        settings = slurm.SlurmSettings.of_run(status) if status.get("executor") == "slurm" else None
     except slurm.SlurmError as error:
         raise RunError(f"run {record['id']} was not rerun: {error}") from None
     gpus = resolve_request(gpus) if settings is None else None

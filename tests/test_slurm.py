@@ -103,6 +103,19 @@ def test_a_pending_job_shows_its_reason_and_stop_cancels_it(slurm_home):
     assert by_id(record["id"])["state"] == "stopped" and job not in squeue_ids()
 
 
+def test_a_rerun_asks_slurm_for_what_the_run_was_submitted_with(slurm_home):
+    """--slurm overrides are kept in the run dir: a rerun (and a resume) asks for the same time limit and options,
+    not the [slurm] table's defaults."""
+    [record] = submit("--slurm", 'sbatch=["--hold"]', "--slurm", "time=7")
+    assert dmltui("runs", "stop", record["id"]).returncode == 0
+    again = dmltui("runs", "rerun", record["id"], "--json")
+    assert again.returncode == 0, again.stderr
+    new = json.loads(again.stdout)
+    job = RunDir(new["run_dir"]).read_status()["slurm_job_id"]
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
+    assert "TimeLimit=00:07:00" in shown and "JobState=PENDING" in shown and "Reason=JobHeldUser" in shown, shown
+
+
 def test_stop_of_a_running_job_checkpoints_and_a_killed_job_is_crashed(slurm_home):
     first, second = submit("--seeds", "0-1", "--set", "optim.epochs=100000")
     for record in (first, second):

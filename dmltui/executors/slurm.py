@@ -23,7 +23,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,16 @@ class SlurmSettings:
             raise SlurmError("slurm setting time = 0: expected the time limit in minutes, >= 1")
         return settings
 
+    @classmethod
+    def of_run(cls, status: dict[str, Any]) -> SlurmSettings:
+        """The settings a run was submitted with (its status.json keeps them: a resume or rerun asks for the same
+        partition, time and resources, --slurm overrides included); the user config's for a run submitted before
+        they were kept."""
+        kept = status.get("slurm_settings")
+        if not isinstance(kept, dict):
+            return cls.load()
+        return cls(**{key: value for key, value in kept.items() if key in cls.keys()})
+
     def job_folder(self) -> Path:
         return Path(self.folder).expanduser() if self.folder else home.home() / "slurm"
 
@@ -154,7 +164,7 @@ def submit(run_dirs: list[str], settings: SlurmSettings, *, resume: bool = False
             raise SlurmError(f"{error}{' (' + said[0] + ')' if said and said[0] not in str(error) else ''}") from None
     for run_dir, job_id in zip(run_dirs, ids):
         RunDir(run_dir).update_status(executor="slurm", slurm_job_id=job_id, slurm_folder=str(folder), host=None, pid=None,
-                                      slurm_node=None, slurm_processes=processes)
+                                      slurm_node=None, slurm_processes=processes, slurm_settings=asdict(settings))
     forget_queue()
     return ids
 
