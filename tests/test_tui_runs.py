@@ -243,7 +243,7 @@ def test_runs_screen_lists_filters_and_sorts(three_runs):
         assert table.row_count == 3
         assert str(table.get_cell(three_runs[2]["id"], "state")) == "failed"
         await pilot.press("slash", *"state:finished")
-        await wait_for(pilot, lambda: shown_names(app) == ["triplet-s0", "margin-s0"])
+        await wait_for(pilot, lambda: shown_names(app) == ["triplet-s0", "margin-s0"], timeout=30)  # a worker thread: slow under load
         await pilot.press("enter")  # leaves the filter box for the table
         assert app.focused is table
         await pilot.press("escape")  # clears the filter
@@ -313,7 +313,7 @@ def test_delete_removes_the_run_and_its_directory(three_runs, isolated_env):
         await pilot.press("d")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen")
         await pilot.press("y")
-        await wait_for(pilot, lambda: shown_names(app) == ["triplet-s0", "margin-s0"])
+        await wait_for(pilot, lambda: shown_names(app) == ["triplet-s0", "margin-s0"], timeout=30)  # a worker thread: slow under load
 
     run_app(app, scenario)
     assert not Path(victim["run_dir"]).exists()
