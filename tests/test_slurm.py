@@ -103,6 +103,22 @@ def test_a_pending_job_shows_its_reason_and_stop_cancels_it(slurm_home):
     assert by_id(record["id"])["state"] == "stopped" and job not in squeue_ids()
 
 
+def test_settings_kept_in_the_run_dir_outlast_changes_to_the_config_file(slurm_home, tmp_path, monkeypatch):
+    from dataclasses import asdict
+
+    from dmltui.executors.slurm import SlurmSettings
+
+    config = tmp_path / "settings.toml"
+    config.write_text('[slurm]\npartition = "short"\ntime = 30\n')
+    monkeypatch.setenv("DMLTUI_CONFIG", str(config))
+    submitted = SlurmSettings.load(["time=7", 'sbatch=["--hold"]', "gpus_per_task=2"])
+    status = {"executor": "slurm", "slurm_settings": asdict(submitted)}
+    config.write_text('[slurm]\npartition = "long"\ntime = 600\n')  # the table changed since
+    again = SlurmSettings.of_run(status)
+    assert again == submitted and again.partition == "short" and again.time == 7 and again.sbatch == ["--hold"]
+    assert SlurmSettings.of_run({"executor": "slurm"}).partition == "long"  # submitted before settings were kept
+
+
 def test_a_rerun_asks_slurm_for_what_the_run_was_submitted_with(slurm_home):
     """--slurm overrides are kept in the run dir: a rerun (and a resume) asks for the same time limit and options,
     not the [slurm] table's defaults."""
