@@ -265,3 +265,26 @@ def test_a_study_killed_and_continued_prunes_the_hopeless_and_finalizes_on_test(
     assert compared.returncode == 0, compared.stderr
     assert "glyphs-small (tuned, 6 trials)" in compared.stdout
     assert "study1-t" not in compared.stdout  # the fold runs have no test results: left out of tables
+
+
+def test_one_tuner_per_study_a_second_process_is_refused_and_touches_nothing(tiny, isolated_env):
+    """Two `dmltui tune` processes on one study at once: the second exits 4 with one line, and launches no run."""
+    script = Path(sys.executable).with_name("dmltui")
+    command = [str(script), "tune", tiny, "--name", "race", "--space", "optim.lr=loguniform(1e-4,1e-2)", "--trials", "1",
+               "--folds", "2", "--metric", "e_recall@1", "--poll", "0.2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (isolated_env / "studies" / "race" / "journal.log").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        second = dmltui(*command[1:])
+        assert second.returncode == 4, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is being tuned by another process" in lines[0]
+        missing = dmltui("tune", "resume", "nosuch")
+        assert missing.returncode == 3 and len(missing.stderr.strip().splitlines()) == 1
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    runs = _runs("--tag", "study:race")
+    assert len(runs) <= 2 and len({_tags(r, "fold:") for r in runs}) == len(runs)  # the first tuner's folds only
