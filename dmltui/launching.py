@@ -135,13 +135,28 @@ def slurm_settings(on: str, overrides: list[str] = ()) -> slurm.SlurmSettings | 
     return settings
 
 
+class LaunchIncomplete(RuntimeError):
+    """Runs were started, and then one could not be: it and the ones after it were removed (never left ``queued``
+    without a process, which a relaunch would duplicate)."""
+
+    def __init__(self, started: list[dict[str, Any]], failed: dict[str, Any], removed: int, cause: BaseException):
+        super().__init__(started, failed, removed, cause)
+        self.started, self.failed, self.removed, self.cause = started, failed, removed, cause
+
+    def __str__(self) -> str:
+        total = len(self.started) + self.removed
+        return (f"started {len(self.started)} of {total} runs; {self.failed['name']} could not be started "
+                f"({type(self.cause).__name__}: {self.cause}), so it and the {self.removed - 1} after it were removed")
+
+
 def start_runs(planned: list[PlannedRun], *, gpus: str = "cpu", tags: list[str] = (), gpus_per_run: int = 1,
                slurm_settings: slurm.SlurmSettings | None = None) -> list[dict[str, Any]]:
     """Prepare every run's directory and record them all in one store write (tagged with *tags* and their planned
     tags), then start them: each detached on this machine, or, with *slurm_settings*, all as one SLURM job array.
     Returns their records. *gpus* is what
     :func:`resolve_gpus` returned; ConfigError when it cannot serve the configs; SlurmError when SLURM refuses
-    (then the runs' directories and records are removed again)."""
+    (then the runs' directories and records are removed again). A local launch that fails at run k removes runs
+    k.. and raises LaunchIncomplete (naming the started ones), or the error itself when none had started."""
     problems = device_problems(planned, gpus) if slurm_settings is None else []
     if problems:
         raise ConfigError(problems)
@@ -149,10 +164,19 @@ def start_runs(planned: list[PlannedRun], *, gpus: str = "cpu", tags: list[str] 
     records = run_ops.prepare_runs([(run.resolved, run.name) for run in planned], tags=[*tags, *sweep_tag],
                                    run_tags=[list(run.tags) for run in planned])
     if slurm_settings is None:
-        return [run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run) for record in records]
+        started: list[dict[str, Any]] = []
+        for index, record in enumerate(records):
+            try:
+                started.append(run_ops.launch_detached(record, gpus=gpus, count=gpus_per_run))
+            except Exception as error:
+                run_ops.discard(records[index:])
+                if not started:
+                    raise
+                raise LaunchIncomplete(started, record, len(records) - index, error) from error
+        return started
     try:
         slurm.submit([record["run_dir"] for record in records], slurm_settings, processes=gpus_per_run)
-    except slurm.SlurmError:
+    except BaseException:
         run_ops.discard(records)  # nothing was submitted: no run is left behind
         raise
     return [{**record, **run_ops.summarize(record["run_dir"])} for record in records]

@@ -7,16 +7,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dmltui import runs as run_ops
+from dmltui.states import LIVE_STATES, is_final
 from dmltui.store import RunStore
-
-LIVE_STATES = ("queued", "running", "requeued")  # requeued: a SLURM job back in the queue after a time-out
 
 
 def refreshed_runs(store: RunStore | None = None) -> list[dict[str, Any]]:
-    """Every stored run, live ones reconciled with their run directories, newest first."""
-    with (store or run_ops.open_store()).transaction() as tx:  # one lock: one read, and one write when a live run changed
-        records = [tx.modify(r["id"], run_ops.refresh) if r["state"] in LIVE_STATES else r  # only live runs can change
-                   for r in tx.all()]
+    """Every stored run, those whose state can still change re-derived from their run directories, newest first."""
+    store = store or run_ops.open_store()
+    refresh = run_ops.refresher(run_ops.queue_for(store.peek_live()))  # squeue: asked before the lock
+    with store.transaction() as tx:  # one lock: one read, and one write when a run changed
+        records = [r if is_final(r) else tx.modify(r["id"], refresh) for r in tx.all()]
     return sorted(records, key=lambda r: r["created_at"], reverse=True)
 
 

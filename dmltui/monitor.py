@@ -1,12 +1,14 @@
 """Watching runs cheaply: what the TUI polls every second (and ``runs tail`` could use).
 
 ``RunsMonitor`` keeps the store's records in memory and re-reads the store file only when
-its modification time or size changed. Live runs (queued, running) are re-summarised from
-their run directories only when status.json or metrics.jsonl changed, or when their
-process died (for a run on SLURM: when its job's squeue entry changed; one cached squeue
-call serves every run); a changed summary is written back to the store in one locked write. So an
-idle screen with a thousand stored runs and a few live ones costs a few ``stat`` calls
-per poll.
+its modification time or size changed. Runs whose state can still change (the live
+partition: queued, running, stalled, crashed while not proven gone) are re-derived from
+their run directories only when one of the facts the state machine reads changed: status.json
+or metrics.jsonl, the liveness of their pid (or their launcher's), their squeue entry (one
+squeue call, asked before any lock, serves every run), or their silence crossing one of the
+state machine's thresholds. The same rule holds for every executor kind. A changed summary is
+written back to the store in one locked write. So an idle screen with ten thousand stored runs
+and a few live ones costs a few ``stat`` calls per poll, however many runs have ended.
 
 ``FileTail`` reads what was appended to a file since the last call (whole lines only) and
 notices when the file was replaced (a resumed run rewrites metrics.jsonl).
@@ -15,6 +17,7 @@ notices when the file was replaced (a resumed run rewrites metrics.jsonl).
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from dmltui import runs as run_ops
+from dmltui import states
 from dmltui.executors import slurm
-from dmltui.listing import LIVE_STATES
+from dmltui.states import LIVE_STATES
 from dmltui.store import RunStore, newer, newest_documents, record_of
 from engine.io import parse_json_object
+from engine.rundir import RunDir
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -86,29 +91,21 @@ class RunsMonitor:
             changed: set[str] | None = None
         else:
             changed = {run_id for run_id, record in self.records.items() if previous[run_id] is not record}
-        candidates = []
-        live = self.live()
-        # a SLURM job goes from PENDING to RUNNING, changes its reason or leaves the queue without touching its run dir,
-        # and its process lives on a compute node, where no pid can be checked: its squeue entry, and whether its
-        # status.json (the heartbeat) has gone silent, are part of its signature
-        jobs = slurm.queue() if any(record.get("executor") == "slurm" for record in live) else None
-        for record in live:
-            run_id = record["id"]
-            run_dir = Path(record["run_dir"])
-            signature = (_signature(run_dir / "status.json"), _signature(run_dir / "metrics.jsonl"))
-            if record.get("executor") == "slurm":
-                silent = signature[0] is not None and time.time() - signature[0][2] / 1e9 > slurm.STALE_HEARTBEAT_SECONDS
-                signature += (None if jobs is None else jobs.get(str(record.get("slurm_job_id")), "gone"), silent)
-                if signature == self._run_signatures.get(run_id):
-                    continue
-            elif signature == self._run_signatures.get(run_id) and (not (pid := record.get("pid")) or run_ops.pid_alive(pid)):
-                continue
-            self._run_signatures[run_id] = signature
-            candidates.append(run_id)
-        if candidates:  # re-summarised inside one transaction, which reads and writes only the live file
-            with self.store.transaction() as tx:  # (and a month's partition when a run ended)
+        unsettled = [record for run_id in self._live_ids if (record := self.records.get(run_id))]
+        jobs = run_ops.queue_for(unsettled)
+        host = socket.gethostname()
+        candidates: dict[str, tuple] = {}
+        for record in unsettled:
+            signature = facts_signature(record, jobs, host)
+            if signature != self._run_signatures.get(record["id"]):
+                candidates[record["id"]] = signature
+        if candidates:  # re-derived inside one transaction, which reads and writes only the live file
+            refresh = run_ops.refresher(jobs)  # (and a month's partition when a run ended)
+            with self.store.transaction() as tx:
                 live = {record["id"] for record in tx.live()}
-                updated = [tx.modify(run_id, run_ops.refresh) for run_id in candidates if run_id in live]
+                updated = [tx.modify(run_id, refresh) for run_id in candidates if run_id in live]
+            # recorded once committed: a poll that failed (a busy store) leaves them to be re-derived by the next one
+            self._run_signatures.update(candidates)
             for record in updated:
                 if record != self.records.get(record["id"]):
                     self.records[record["id"]] = record
@@ -127,11 +124,40 @@ class RunsMonitor:
         return self._newest_first
 
     def live(self) -> list[dict[str, Any]]:
-        """The queued and running runs (without looking at the thousands of ended ones)."""
+        """The runs in a live state: queued, running, requeued, stalled (without looking at the thousands of ended ones)."""
         return [record for run_id in self._live_ids if (record := self.records.get(run_id)) and record["state"] in LIVE_STATES]
 
     def live_count(self) -> int:
         return len(self.live())
+
+
+def facts_signature(record: dict[str, Any], jobs: dict[str, slurm.QueuedJob] | None, host: str) -> tuple:
+    """Everything the state machine reads about a run, cheaply: status.json's and metrics.jsonl's (inode, size,
+    mtime), which of the silence thresholds the status file has crossed, and the executor's facts (pid and launcher
+    liveness, or the squeue entry). The run is re-derived when this changes."""
+    run_dir = Path(record["run_dir"])
+    status_mark = _signature(run_dir / "status.json")
+    executor = record.get("executor")
+    silence = None if status_mark is None else time.time() - status_mark[2] / 1e9
+    thresholds = (states.stale_seconds(executor), states.SLURM_SETTLE_SECONDS if executor == "slurm"
+                  else states.OTHER_HOST_LOST_SECONDS)
+    crossed = None if silence is None else tuple(silence > limit for limit in thresholds)
+    if executor == "slurm":
+        entry = None if jobs is None else jobs.get(str(record.get("slurm_job_id")), "gone")
+        facts: tuple = (entry,)
+    else:
+        pid = record.get("pid")
+        facts = (bool(pid) and record.get("host", host) == host and states.pid_alive(pid),)
+    started = record.get("slurm_job_id") if executor == "slurm" else record.get("pid")
+    launcher_pid = None if started else _launcher_pid(run_dir, host)
+    facts += (launcher_pid is not None and states.pid_alive(launcher_pid),)
+    return status_mark, _signature(run_dir / "metrics.jsonl"), crossed, facts
+
+
+def _launcher_pid(run_dir: Path, host: str) -> int | None:
+    """The dmltui process that vouches for a run without a process (or job) of its own yet: read only for such runs."""
+    status = RunDir(run_dir).read_status()
+    return status.get("launcher_pid") if status.get("launcher_host", host) == host else None
 
 
 def _kept(previous: dict[str, dict[str, Any]], record: dict[str, Any]) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 A run is prepared (run directory with config.toml and a ``queued`` status, then a
 store document), launched as ``python -m engine --run-dir DIR`` (an argument list,
-never a shell string), and reconciled: its state is derived from status.json, the
-liveness of its pid and the age of its heartbeat, and its summary (state, epoch,
-best metrics) is written back to the store.
+never a shell string), and reconciled: its state is derived by ``dmltui.states`` from
+status.json and its executor's facts (pid, squeue entry, heartbeat age), and its summary
+(state, epoch, best metrics) is written back to the store.
 
 Every change to the store here is one ``RunStore.transaction()``, and every change of a
 stored run is computed inside it from the record it replaces (``Transaction.modify``):
-concurrent commands, the TUI and scripts never overwrite each other's changes.
+concurrent commands, the TUI and scripts never overwrite each other's changes. A
+transaction reads and writes the store (and the small status files of the runs it
+changes) only: squeue is asked before it and its answer passed in; submissions, launches
+and deletions happen after it (check and mark under the lock, act, record the outcome),
+and are undone when they fail.
 """
 
 from __future__ import annotations
@@ -25,25 +29,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dmltui import home
+from dmltui import home, states
 from dmltui.executors import slurm
 from dmltui.gpus import resolve_request
+from dmltui.states import LIVE_STATES, RESUMABLE_STATES, pid_alive
 from dmltui.store import RunStore, Transaction
 from engine.io import atomic_write_json
-from engine.rundir import FINAL_STATES, RunDir, best_metrics, now_iso
+from engine.rundir import RunDir, best_metrics, now_iso
 
 if TYPE_CHECKING:  # the config modules import pydantic: kept off the read paths (runs list, the TUI's first paint)
     from engine.config.presets import ResolvedConfig
 
 MANAGER_FILE = "manager.json"  # the manager's own facts about a run (name, tags, notes), kept in its run dir
-RESUMABLE_STATES = ("stopped", "crashed", "failed", "diverged")
-
-# A live run rewrites its heartbeat every 2 s; this much silence means it is gone.
-STALE_HEARTBEAT_SECONDS = 30.0
+TRASH_DIR = ".trash"  # in the runs folder: a deleted run's directory, renamed there under the lock, deleted after it
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -91,7 +94,7 @@ def _make_run_dir(resolved: ResolvedConfig, name: str | None, tags: list[str], r
         run_dir.write_config(resolved.to_toml())
         atomic_write_json(staging / MANAGER_FILE, manager)
         run_dir.update_status(state="queued", created_at=now_iso(), host=socket.gethostname(), epoch=0,
-                              epochs=config.optim.epochs)
+                              epochs=config.optim.epochs, **launcher_fields())
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -146,6 +149,12 @@ def prepare_run(resolved: ResolvedConfig, *, name: str | None = None, tags: list
     return prepare_runs([(resolved, name)], tags=tags, store=store, runs_root=runs_root)[0]
 
 
+def launcher_fields() -> dict[str, Any]:
+    """status.json fields naming this process as the one that will start the run: until the run has a process (or a
+    SLURM job) of its own, a dead launcher means it never will (``dmltui.states``)."""
+    return {"launcher_pid": os.getpid(), "launcher_host": socket.gethostname()}
+
+
 def engine_command(run_dir: str | os.PathLike) -> list[str]:
     return [sys.executable, "-m", "engine", "--run-dir", str(run_dir)]
 
@@ -160,69 +169,57 @@ def run_foreground(record: dict[str, Any]) -> int:
         raise
 
 
-def pid_alive(pid: int | None) -> bool:
-    """Whether process *pid* runs. A zombie (dead, not yet reaped by its parent, e.g. a run the TUI launched) is not alive."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # no procfs (macOS): trust the signal check
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
+def observe(run_dir: str | os.PathLike, jobs: dict[str, slurm.QueuedJob] | None = None
+            ) -> tuple[dict[str, Any], states.Derived]:
+    """The run's status.json and the state derived from it and its executor's facts (*jobs*: one squeue answer, asked
+    before any lock; None: not asked or no answer, and nothing is concluded from the queue).
 
-
-def _age_seconds(timestamp: str | None, now: datetime) -> float | None:
-    if not timestamp:
-        return None
-    return (now - datetime.fromisoformat(timestamp)).total_seconds()
-
-
-def derive_state(status: dict[str, Any], *, now: datetime | None = None, this_host: str | None = None) -> str:
-    """The state a reader should believe: written final states as is; a running run (or a
-    queued one whose launcher is waiting) whose process is gone on this host, or a running
-    run whose heartbeat went silent, is ``crashed``."""
-    state = status.get("state", "queued")
-    if state in FINAL_STATES or (state == "queued" and not status.get("pid")):
-        return state
-    now = now or datetime.now(UTC)
-    if status.get("host", this_host or socket.gethostname()) == (this_host or socket.gethostname()):
-        if not pid_alive(status.get("pid")):
-            return "crashed"
-    age = _age_seconds(status.get("heartbeat_at"), now)
-    if state == "running" and age is not None and age > STALE_HEARTBEAT_SECONDS:
-        return "crashed"
-    return state
-
-
-def summarize(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Store fields derived from a run directory (and, for a run on SLURM, from squeue)."""
+    The facts are observed after status.json is read, and it is read again when they say the process is gone: a
+    run that wrote its final state and exited between the two is read as it ended, never as crashed."""
     rd = RunDir(run_dir)
+    host = socket.gethostname()
     status = rd.read_status()
-    job: dict[str, Any] = {}
-    if status.get("executor") == "slurm":
-        jobs = slurm.queue()
-        state = slurm.derive_state(status, jobs)
-        job = slurm.job_fields(status, jobs)
-    else:
-        state = derive_state(status)
+    for _ in range(3):
+        facts = states.slurm_facts(status, jobs, host) if status.get("executor") == "slurm" else states.local_facts(status, host)
+        try:
+            status_age = time.time() - rd.status.stat().st_mtime
+        except OSError:
+            status_age = None
+        derived = states.derive(status, facts, status_age=status_age)
+        if derived.state != "crashed":
+            break
+        again = rd.read_status()
+        if again == status:
+            break
+        status = again
+    return status, derived
+
+
+def summarize(run_dir: str | os.PathLike, jobs: dict[str, slurm.QueuedJob] | None = None) -> dict[str, Any]:
+    """Store fields derived from a run directory (and, for a run on SLURM, from *jobs*, an squeue answer)."""
+    status, derived = observe(run_dir, jobs)
+    job = slurm.job_fields(status, jobs) if status.get("executor") == "slurm" else {}
     return {
         **job,
-        "state": state,
+        "state": derived.state,
+        "final": derived.final,
         "pid": status.get("pid"),
         "started_at": status.get("started_at"),
         "ended_at": status.get("ended_at"),
         "epoch": status.get("epoch", 0),
         "epochs": status.get("epochs"),
-        "error": status.get("error"),
+        "error": derived.reason,
         "gpus": status.get("gpus"),
-        "best": best_metrics(rd.read_metrics()),
+        "best": best_metrics(RunDir(run_dir).read_metrics()),
     }
+
+
+def queue_for(records: Iterable[dict[str, Any]]) -> dict[str, slurm.QueuedJob] | None:
+    """One squeue answer when any of *records* is a SLURM run whose state can still change, else None. Asked before a
+    store transaction, never inside one: squeue can take seconds on a busy cluster."""
+    if any(record.get("executor") == "slurm" and not states.is_final(record) for record in records):
+        return slurm.queue()
+    return None
 
 
 def load_config(record: dict[str, Any]) -> dict[str, Any]:
@@ -250,25 +247,34 @@ def _parsed_config(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
         return {}
 
 
-def refresh(record: dict[str, Any]) -> dict[str, Any]:
-    """*record* with its summary re-read from its run directory (a change function for ``Transaction.modify``).
-    A live run whose directory is gone is ``crashed``; an ended one keeps what the store knew."""
-    run_dir = Path(record["run_dir"])
-    if run_dir.is_dir():
-        record.update(summarize(run_dir))
-    elif record.get("state") not in FINAL_STATES:
-        record.update(state="crashed", error=f"run directory {run_dir} is gone")
-    return record
+def refresher(jobs: dict[str, slurm.QueuedJob] | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A change function for ``Transaction.modify``: the record with its summary re-read from its run directory, the
+    state derived with *jobs* (an squeue answer asked before the transaction). A live run whose directory is gone is
+    ``crashed`` for good (``db rebuild`` would find it again); an ended one keeps what the store knew."""
+
+    def refresh(record: dict[str, Any]) -> dict[str, Any]:
+        run_dir = Path(record["run_dir"])
+        if run_dir.is_dir():
+            record.update(summarize(run_dir, jobs))
+        elif not states.is_final(record):
+            record.update(state="crashed", final=True, error=f"run directory {run_dir} is gone")
+        return record
+
+    return refresh
 
 
 def reconcile(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
     """The stored run refreshed from its run directory (written back only when it changed); KeyError when unknown."""
-    return (store or open_store()).modify(run_id, refresh)
+    store = store or open_store()
+    refresh = refresher(queue_for(store.peek_live()))
+    return store.modify(run_id, refresh)
 
 
 def reconcile_many(run_ids: list[str], store: RunStore | None = None) -> list[dict[str, Any]]:
     """Reconcile several runs in one transaction (one write at most); unknown ids are skipped."""
-    with (store or open_store()).transaction() as tx:
+    store = store or open_store()
+    refresh = refresher(queue_for(store.peek_live()))
+    with store.transaction() as tx:
         known = set(tx.ids())
         return [tx.modify(run_id, refresh) for run_id in run_ids if run_id in known]
 
@@ -307,7 +313,9 @@ def resolve_id(tx: Transaction, run_id: str) -> str:
 
 def find(run_id: str, store: RunStore | None = None) -> dict[str, Any]:
     """The stored run with this id (or unique id prefix), reconciled; RunNotFound or AmbiguousRunId (KeyErrors) otherwise."""
-    with (store or open_store()).transaction() as tx:
+    store = store or open_store()
+    refresh = refresher(queue_for(store.peek_live()))
+    with store.transaction() as tx:
         return tx.modify(resolve_id(tx, run_id), refresh)
 
 
@@ -333,11 +341,18 @@ def launch_detached(record: dict[str, Any], *, gpus: str = "cpu", count: int = 1
     return {**record, **summarize(run_dir)}
 
 
+USER_STOP = {"requeue": False, "reason": "stopped by the user"}
+
+
 def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
-    """SIGTERM the run's process group (the engine checkpoints and ends ``stopped``); SIGKILL after *timeout*."""
-    if record["state"] not in ("queued", "running", "requeued"):
-        raise RunError(f"run {record['id']} is {record['state']}; only queued or running runs can be stopped")
+    """SIGTERM the run's process group (the engine checkpoints and ends ``stopped``); SIGKILL after *timeout*.
+
+    The stop is announced in status.json first (``stop_request``): the engine records why it stopped, and a SLURM
+    warning signal arriving at the same moment does not turn the user's stop into a requeue."""
+    if record["state"] not in LIVE_STATES:
+        raise RunError(f"run {record['id']} is {record['state']}; only {', '.join(LIVE_STATES)} runs can be stopped")
     rd = RunDir(record["run_dir"])
+    rd.update_status(stop_request=USER_STOP)
     status = rd.read_status()
     if status.get("executor") == "slurm":
         return _stop_slurm_job(record, rd, status, timeout)
@@ -345,6 +360,7 @@ def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
     group = status.get("pgid") or pid  # torchrun runs: rank 0's pid differs from the launcher's group
     if pid and pid_alive(pid):
         _signal_group(group, signal.SIGTERM)
+        _signal_group(group, signal.SIGCONT)  # a stalled (SIGSTOPped) engine handles the SIGTERM once it runs again
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -352,9 +368,14 @@ def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
             _signal_group(group, signal.SIGKILL)
             while pid_alive(pid):
                 time.sleep(0.05)
-    if rd.read_status().get("state") not in FINAL_STATES:  # killed, or stopped before the engine started
-        rd.update_status(state="stopped", ended_at=now_iso(), error="stopped by the run manager before it checkpointed")
+    _stopped_unless_final(rd, "stopped by the run manager before it checkpointed")
     return reconcile(record["id"])
+
+
+def _stopped_unless_final(rd: RunDir, error: str) -> None:
+    """A run stopped before its engine could record it (killed, or stopped before it started) is ``stopped``."""
+    if rd.read_status().get("state") not in states.WRITTEN_FINAL_STATES:
+        rd.update_status(state="stopped", ended_at=now_iso(), error=error)
 
 
 def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -363,6 +384,7 @@ def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], 
     try:
         slurm.cancel(status)
     except slurm.SlurmError as error:
+        rd.update_status(stop_request=None)
         raise RunError(f"run {record['id']} was not stopped: {error}") from None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -371,8 +393,7 @@ def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], 
         if jobs is not None and str(status.get("slurm_job_id")) not in jobs:
             break
         time.sleep(0.5)
-    if rd.read_status().get("state") not in FINAL_STATES:
-        rd.update_status(state="stopped", ended_at=now_iso(), error="stopped by the run manager (scancel) before it checkpointed")
+    _stopped_unless_final(rd, "stopped by the run manager (scancel) before it checkpointed")
     return reconcile(record["id"])
 
 
@@ -386,31 +407,50 @@ def _signal_group(pid: int, signum: int) -> None:
             pass
 
 
+_MARK_KEYS = ("state", "ended_at", "error", "pid", "stop_request", "slurm_job_id", "launcher_pid", "launcher_host")
+
+
 def resume(record: dict[str, Any], *, gpus: str | None = None, count: int = 1) -> dict[str, Any]:
-    """Continue a run from its last checkpoint (detached) on *gpus* (``gpus.resolve_request``'s default when None).
-    Its state is checked and the launcher started in one store transaction, so two resumes of one run at once
-    start it once."""
+    """Continue a run from its last checkpoint (detached) on *gpus* (``gpus.resolve_request``'s default when None),
+    or, for a run on SLURM, as a new job with the settings it was submitted with.
+
+    Check and mark in one store transaction (the run becomes ``queued``, launched by this process: two resumes of one
+    run at once start it once), then launch or submit outside the lock; when that fails, for whatever reason, the
+    run is put back as it was and the error raised (RunError for a refusal of SLURM or the OS)."""
     gpus = resolve_request(gpus, per_run=count)
-    with open_store().transaction() as tx:
+    store = open_store()
+    refresh = refresher(queue_for(store.peek_live()))
+    with store.transaction() as tx:
         current = tx.modify(resolve_id(tx, record["id"]), refresh)
         if current["state"] not in RESUMABLE_STATES:
             raise RunError(f"run {current['id']} is {current['state']}; resumable states: {', '.join(RESUMABLE_STATES)}")
         rd = RunDir(current["run_dir"])
         if not (rd.checkpoints / "last.pt").is_file():
             raise RunError(f"run {current['id']} has no checkpoint to resume from ({rd.checkpoints / 'last.pt'})")
-        status = rd.read_status()
-        if status.get("executor") == "slurm":  # back to the cluster, as one job of as many processes as before
+        before = rd.read_status()
+        on_slurm = before.get("executor") == "slurm"
+        settings = None
+        if on_slurm:
             try:
-                settings = slurm.SlurmSettings.of_run(status)
-                rd.update_status(state="queued", ended_at=None, error=None)  # before the job can start and say running
-                slurm.submit([current["run_dir"]], settings, resume=True, processes=status.get("slurm_processes", 1))
+                settings = slurm.SlurmSettings.of_run(before)
             except slurm.SlurmError as error:
-                rd.update_status(**{key: status.get(key) for key in ("state", "ended_at", "error")})  # nothing submitted
                 raise RunError(f"run {current['id']} was not resubmitted: {error}") from None
+        # a new job (or process) is to come: until then this process vouches for the run (states: launcher)
+        rd.update_status(state="queued", ended_at=None, error=None, pid=None, stop_request=None,
+                         **({"slurm_job_id": None} if on_slurm else {}), **launcher_fields())
+        current = tx.modify(current["id"], refresher(None))
+    try:
+        if settings is not None:
+            slurm.submit([current["run_dir"]], settings, resume=True, processes=before.get("slurm_processes", 1))
         else:
-            rd.update_status(state="queued", pid=None, ended_at=None, error=None)
             launch_detached(current, gpus=gpus, count=count, resume=True)
-        return tx.modify(current["id"], refresh)
+    except BaseException as error:
+        rd.update_status(**{key: before.get(key) for key in _MARK_KEYS})  # nothing was started
+        reconcile(current["id"], store)
+        if isinstance(error, (slurm.SlurmError, OSError)):
+            raise RunError(f"run {current['id']} was not {'resubmitted' if on_slurm else 'resumed'}: {error}") from None
+        raise
+    return reconcile(current["id"], store)
 
 
 def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None = None) -> dict[str, Any]:
@@ -431,33 +471,80 @@ def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None =
     resolved = ResolvedConfig(config=Config.model_validate(config), chain=record.get("presets", []), sources={},
                               preset=record.get("preset"))
     new = prepare_run(resolved, name=name or record["name"])
-    if settings is None:
-        return launch_detached(new, gpus=gpus)
     try:
+        if settings is None:
+            return launch_detached(new, gpus=gpus)
         slurm.submit([new["run_dir"]], settings, processes=status.get("slurm_processes", 1))
-    except slurm.SlurmError as error:
-        discard([new])  # nothing was submitted: no run is left behind
-        raise RunError(f"run {record['id']} was not rerun: {error}") from None
+    except BaseException as error:
+        discard([new])  # nothing was started: no run is left behind
+        if isinstance(error, (slurm.SlurmError, OSError)):
+            raise RunError(f"run {record['id']} was not rerun: {error}") from None
+        raise
     return {**new, **summarize(new["run_dir"])}
 
 
 def remove(record: dict[str, Any], *, keep_files: bool = False) -> None:
-    """Forget a run that is not live and, unless *keep_files*, delete its directory; decided under the store's lock."""
-    with open_store().transaction() as tx:
-        current = tx.modify(resolve_id(tx, record["id"]), refresh)
-        if current["state"] in ("queued", "running", "requeued"):
-            raise RunError(f"run {current['id']} is {current['state']}; stop it first")
-        tx.remove(current["id"])
-        if not keep_files:
-            tx.after_commit(lambda: shutil.rmtree(current["run_dir"], ignore_errors=True))
+    """Forget a run that is not live and, unless *keep_files*, delete its directory.
+
+    Under the store's lock the state is checked, the directory renamed into the runs folder's trash (one rename:
+    fast, and what makes the deletion all-or-nothing for `db rebuild`) and the record removed; the files are deleted
+    after the lock is released. RunError when they cannot be (the run is forgotten; the message names where its
+    files are)."""
+    store = open_store()
+    refresh = refresher(queue_for(store.peek_live()))
+    trash: Path | None = None
+    try:
+        with store.transaction() as tx:
+            current = tx.modify(resolve_id(tx, record["id"]), refresh)
+            if current["state"] in LIVE_STATES:
+                raise RunError(f"run {current['id']} is {current['state']}; stop it first")
+            tx.remove(current["id"])
+            if not keep_files:
+                trash = _to_trash(Path(current["run_dir"]))
+    except BaseException:
+        if trash is not None:  # the store still knows the run: its directory comes back
+            trash.rename(current["run_dir"])
+        raise
+    if trash is not None:
+        _delete_trash(trash, current["id"])
+
+
+def _to_trash(run_dir: Path) -> Path | None:
+    """Rename *run_dir* into its folder's trash; None when it is already gone."""
+    if not run_dir.exists():
+        return None
+    trash_root = run_dir.parent / TRASH_DIR
+    trash_root.mkdir(exist_ok=True)
+    target = trash_root / f"{run_dir.name}-{secrets.token_hex(3)}"
+    run_dir.rename(target)
+    return target
+
+
+def _delete_trash(trash: Path, run_id: str) -> None:
+    failures: list[str] = []
+    shutil.rmtree(trash, onerror=lambda _function, path, info: failures.append(f"{path}: {info[1]}"))
+    if failures:
+        raise RunError(f"run {run_id} is forgotten, but its files could not all be deleted ({failures[0]}); "
+                       f"what is left is in {trash}")
 
 
 def discard(records: list[dict[str, Any]]) -> None:
-    """Forget runs that never started (their submission failed) and delete their directories, in one transaction."""
-    with open_store().transaction() as tx:
-        for record in records:
-            tx.remove(record["id"])
-        tx.after_commit(lambda: [shutil.rmtree(record["run_dir"], ignore_errors=True) for record in records])
+    """Forget runs that never started (their submission or launch failed) and delete their directories: renamed into
+    the trash in one transaction, deleted after it."""
+    trashed: list[tuple[Path, dict[str, Any]]] = []
+    try:
+        with open_store().transaction() as tx:
+            for record in records:
+                tx.remove(record["id"])
+                trash = _to_trash(Path(record["run_dir"]))
+                if trash is not None:
+                    trashed.append((trash, record))
+    except BaseException:
+        for trash, record in trashed:  # nothing was forgotten: the directories come back
+            trash.rename(record["run_dir"])
+        raise
+    for trash, record in trashed:
+        _delete_trash(trash, record["id"])
 
 
 def write_manager(record: dict[str, Any]) -> None:
@@ -491,7 +578,7 @@ def annotate(record: dict[str, Any], *, add_tags: list[str] = (), remove_tags: l
     return new
 
 
-def record_from_run_dir(run_dir: Path) -> dict[str, Any]:
+def record_from_run_dir(run_dir: Path, jobs: dict[str, slurm.QueuedJob] | None = None) -> dict[str, Any]:
     """A store document rebuilt from a run directory alone (config.toml, status, metrics, manager.json)."""
     import tomllib
 
@@ -516,7 +603,7 @@ def record_from_run_dir(run_dir: Path) -> dict[str, Any]:
         "seed": config.run.seed,
         "run_dir": str(run_dir.resolve()),
         "host": status.get("host") or socket.gethostname(),
-        **summarize(run_dir),
+        **summarize(run_dir, jobs),
     }
     if not manager_path.is_file():
         atomic_write_json(manager_path, {k: record[k] for k in ("id", "name", "preset", "presets", "tags", "notes", "created_at")})

@@ -43,8 +43,8 @@ from tinydb import TinyDB
 from tinydb.storages import Storage
 from tinydb.table import Document
 
+from dmltui.states import is_final
 from engine.io import atomic_write_bytes
-from engine.rundir import FINAL_STATES
 
 SCHEMA_VERSION = 3
 RUNS_TABLE = "runs"
@@ -71,8 +71,9 @@ def partitions_dir(store_path: Path) -> Path:
 
 
 def is_live(record: dict[str, Any]) -> bool:
-    """Whether the run can still change by itself (queued, running...): it belongs in the live partition."""
-    return record.get("state") not in FINAL_STATES
+    """Whether the run's state can still change by itself (queued, running, stalled, or crashed while not proven
+    gone: ``dmltui.states``): it belongs in the live partition, which readers re-check."""
+    return not is_final(record)
 
 
 def period_of(run_id: str) -> str:
@@ -320,12 +321,15 @@ class Transaction:
         return [self._live, *self._ended.values()]
 
     def _find(self, run_id: str) -> tuple[Partition, dict[str, Any]] | None:
-        """The partition and document of a run: the live file first, then its month's partition."""
-        for partition in (self._live, self._ended_partition(period_of(run_id))):
-            doc = partition.docs().get(run_id)
-            if doc is not None:
-                return partition, doc
-        return None
+        """The partition and document of a run, from the live file and its month's partition: where a crash mid-move
+        left it in both, the higher revision (the other copy is dropped by this transaction)."""
+        found = [(partition, doc) for partition in (self._live, self._ended_partition(period_of(run_id)))
+                 if (doc := partition.docs().get(run_id)) is not None]
+        if len(found) == 2:
+            kept, dropped = (found[1], found[0]) if newer(found[1][1], found[0][1]) else (found[0], found[1])
+            dropped[0].drop(run_id)
+            found = [kept]
+        return found[0] if found else None
 
     def _migrate(self) -> None:
         """Schema 1 or 2 (every run in runs.json, with its config): drop configs kept in run dirs, move ended runs
@@ -475,6 +479,15 @@ class RunStore:
             open_paths.discard(self.path)
             self.lock.release()
 
+    def peek_live(self) -> list[dict[str, Any]]:
+        """The live file's records, read without the lock (files are replaced atomically: a consistent, possibly
+        older version): what decides, before a transaction, whether squeue must be asked. Empty when unreadable."""
+        try:
+            data = AtomicJSONStorage(str(self.path)).read() or {}
+        except StoreError:
+            return []
+        return [record_of(doc) for doc in data.get(RUNS_TABLE, {}).values()]
+
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """Lock the store, yield a Transaction; write its changes at the end (nothing on an exception)."""
@@ -528,22 +541,37 @@ class RunStore:
     def rebuild(self, collect: Callable[[], list[dict[str, Any]]], aside: Path) -> Path | None:
         """Replace the whole store with ``collect()``'s records, under the lock (so no concurrent change is lost
         between reading the run directories and writing). The old files, readable or not, are moved to *aside*
-        (and the partitions' folder to ``<aside>.d``) first, and moved back when *collect* fails; returns where
-        the old live file went (None when there was none)."""
+        (made unique with a counter when taken; the partitions' folder to ``<aside>.d``) first, and moved back when
+        anything fails; returns where the old live file went (None when there was none)."""
         with self._locked():
-            moves = [(source, target) for source, target in ((self.path, aside), (self.partitions_dir, Path(f"{aside}.d")))
-                     if source.exists()]
-            for source, target in moves:
-                source.rename(target)
+            aside = _unused(aside)
+            originals = [source for source in (self.path, self.partitions_dir) if source.exists()]
+            moves: list[tuple[Path, Path]] = []
             try:
+                for source, target in ((self.path, aside), (self.partitions_dir, Path(f"{aside}.d"))):
+                    if source in originals:
+                        source.rename(target)
+                        moves.append((source, target))
                 transaction = Transaction(self.path)
                 for record in collect():
                     transaction.insert(record)
                 transaction._commit()
             except BaseException:
-                self.path.unlink(missing_ok=True)
-                shutil.rmtree(self.partitions_dir, ignore_errors=True)
+                moved = [source for source, _ in moves]
+                # what this rebuild wrote goes; an original that could not be moved aside stays where it is
+                if self.path in moved or self.path not in originals:
+                    self.path.unlink(missing_ok=True)
+                if self.partitions_dir in moved or self.partitions_dir not in originals:
+                    shutil.rmtree(self.partitions_dir, ignore_errors=True)
                 for source, target in moves:
                     target.rename(source)
                 raise
-            return aside if moves and moves[0][0] == self.path else None
+            return aside if self.path in originals else None
+
+
+def _unused(path: Path) -> Path:
+    """*path*, or ``<path>.N`` with the first N for which neither it nor its ``.d`` folder exists."""
+    candidate, number = path, 1
+    while candidate.exists() or Path(f"{candidate}.d").exists():
+        candidate, number = path.with_name(f"{path.name}.{number}"), number + 1
+    return candidate

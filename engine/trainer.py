@@ -101,12 +101,14 @@ def setup_logging(run_dir: RunDir, console: bool) -> None:
 
 
 # SIGUSR2 is what SLURM sends (through submitit's --signal) before a job's time limit or a preemption: the run
-# checkpoints as when it is stopped, and the job is requeued to resume it. Its default action would kill the engine.
+# checkpoints as when it is stopped and ends ``requeued``, and the job is requeued to resume it. Its default action
+# would kill the engine.
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR2") if hasattr(signal, name))
 
 
 class StopRequested:
-    """SIGTERM/SIGINT/SIGUSR2 set a flag; the loop checkpoints and ends in state ``stopped``."""
+    """SIGTERM/SIGINT/SIGUSR2 set a flag; the loop checkpoints and ends in state ``stopped`` (``requeued`` for
+    SIGUSR2, see :func:`final_state`)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -512,6 +514,19 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+def final_state(outcome: Outcome, signum: int | None, stop_request: dict[str, Any] | None) -> dict[str, Any]:
+    """status.json's last fields for *outcome*. A stop is ``requeued`` (checkpointed, not ended: no ``ended_at``) when
+    whoever stopped the run asked for a requeue in ``stop_request`` or, without a request, when the signal was SLURM's
+    SIGUSR2; a stop for any other reason is ``stopped``, with the request's reason as its error."""
+    request = stop_request if isinstance(stop_request, dict) else {}
+    if outcome.state == "stopped":
+        requeue = request.get("requeue", signum == getattr(signal, "SIGUSR2", None))
+        if requeue:
+            return {"state": "requeued", "ended_at": None, "requeued_at": now_iso(), "pid": None, "error": None}
+        return {"state": "stopped", "ended_at": now_iso(), "error": request.get("reason") or outcome.error}
+    return {"state": outcome.state, "ended_at": now_iso(), "error": outcome.error}
+
+
 class ResumeError(RuntimeError):
     """A run directory that cannot be resumed (no readable checkpoint, or a finished run)."""
 
@@ -551,7 +566,7 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
     distributed.barrier(context)
     started = {"resumed_at": now_iso()} if resume else {"started_at": now_iso()}
     rd.update_status(state="running", pid=os.getpid(), pgid=os.getpgid(0), host=socket.gethostname(), ended_at=None,
-                     error=None, world_size=context.world_size, **started)
+                     error=None, world_size=context.world_size, stop_request=None, **started)
     trainer = Trainer(config, rd, show_progress=show_progress, context=context)
     with Heartbeat(rd) if context.is_main else nullcontext(), StopRequested() as stop:
         try:
@@ -570,7 +585,8 @@ def run(config: Config, run_dir: str | os.PathLike, *, show_progress: bool | Non
             outcome = Outcome("failed", trainer.epoch, trainer.best, one_line(error))
     if getattr(trainer, "wandb", None):
         trainer.wandb.finish(outcome.state)
-    rd.update_status(state=outcome.state, ended_at=now_iso(), epoch=outcome.epoch, error=outcome.error, best=outcome.best)
+    rd.update_status(**final_state(outcome, stop.signal, rd.read_status().get("stop_request")), epoch=outcome.epoch,
+                     best=outcome.best)
     if outcome.state != "failed":  # a failure was logged above, with its traceback
         log.info("run %s: %s", outcome.state, rd.path)
     distributed.shutdown(context)

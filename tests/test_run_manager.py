@@ -71,9 +71,9 @@ def test_kill_9_is_crashed_within_10_s_and_resume_continues(tiny):
     pid = status(record)["pid"]
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    from dmltui.runs import derive_state
+    from dmltui.runs import observe
 
-    wait_for(lambda: derive_state(status(record)) == "crashed", 10, interval=0.05)
+    wait_for(lambda: observe(record["run_dir"])[1].state == "crashed", 10, interval=0.05)
     assert time.monotonic() - killed_at < 10
     assert show(record["id"])["state"] == "crashed"  # and the CLI reports it
     checkpoint_epoch = RunDir(record["run_dir"]).read_status()["epoch"]

@@ -12,13 +12,17 @@ import typer
 from dmltui import home
 from dmltui import runs as run_ops
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.executors import slurm
 from dmltui.store import RunStore, StoreError
 
 app = typer.Typer(help="The run store.", no_args_is_help=True)
 
 
 def run_dirs_under(folder: Path) -> list[Path]:
-    return sorted(p.parent for p in folder.glob("**/config.toml") if (p.parent / "status.json").exists())
+    """Run directories below *folder*, leaving out hidden folders: a deleted run's files in the trash and a run
+    directory still being made (``.ID-…``) are not runs."""
+    return sorted(p.parent for p in folder.glob("**/config.toml") if (p.parent / "status.json").exists()
+                  and not any(part.startswith(".") for part in p.parent.relative_to(folder).parts))
 
 
 @app.command("rebuild")
@@ -30,13 +34,14 @@ def rebuild(
     path = home.store_path()
     folders = [home.runs_dir(), *(scan or [])]
     rebuilt, skipped = [], []
+    jobs = slurm.queue()  # asked before the lock, for the runs on SLURM among the directories
 
     def collect() -> list[dict]:  # called under the store's lock: no tag or note added meanwhile is lost
         records = {}
         for folder in folders:
             for run_dir in run_dirs_under(folder):
                 try:
-                    record = run_ops.record_from_run_dir(run_dir)
+                    record = run_ops.record_from_run_dir(run_dir, jobs)
                 except Exception as error:  # one unreadable run dir must not stop the rebuild
                     skipped.append({"run_dir": str(run_dir), "error": f"{type(error).__name__}: {error}"})
                     continue

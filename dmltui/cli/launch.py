@@ -53,7 +53,7 @@ def _slurm_settings(on: str, slurm: list[str] | None):
 def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
     """start_runs, with a config that --gpus cannot serve as exit 2, and a submission SLURM refuses as exit 1."""
     from dmltui.executors.slurm import SlurmError
-    from dmltui.launching import start_runs
+    from dmltui.launching import LaunchIncomplete, start_runs
     from engine.config.presets import ConfigError
 
     try:
@@ -62,6 +62,12 @@ def _start(planned: list[PlannedRun], **kwargs) -> list[dict]:
         fail(error.lines, ExitCode.USAGE)
     except SlurmError as error:
         fail(str(error), ExitCode.FAILED)
+    except LaunchIncomplete as error:  # the started runs go on: name them, then the one line
+        for record in error.started:
+            print(f"{record['id']}  {record['name']}  {record['state']}", file=sys.stderr)
+        fail(str(error), ExitCode.FAILED)
+    except OSError as error:  # e.g. the launcher could not be executed; nothing was left behind
+        fail(f"the runs could not be started: {error}", ExitCode.FAILED)
 
 
 GpusPerRunOption = Annotated[int, typer.Option(

@@ -13,15 +13,14 @@ from dmltui import runs as run_ops
 from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_json, stdout
 from dmltui.listing import best_value, matches, on_slurm, refreshed_runs, sort_runs, where_text
 from dmltui.results import display_name
-from engine.rundir import FINAL_STATES, RunDir
+from dmltui.states import STATE_COLOURS, is_final
+from engine.rundir import RunDir
 
 if TYPE_CHECKING:  # rich's tables are imported where a table is drawn: `runs list --json` never needs them
     from rich.table import Table
 
 app = typer.Typer(help="Runs recorded in the store.", no_args_is_help=True)
 
-STATE_STYLE = {"queued": "cyan", "requeued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
-               "stopped": "magenta", "diverged": "red"}
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 IdArgument = Annotated[str, typer.Argument(help="run id (or a unique prefix of one)")]
 
@@ -62,7 +61,7 @@ def list_runs(
     for r in records:
         best = best_value(r)
         table.add_row(
-            r["id"], r["name"], f"[{STATE_STYLE.get(r['state'], 'white')}]{r['state']}[/]",
+            r["id"], r["name"], f"[{STATE_COLOURS.get(r['state'], 'white')}]{r['state']}[/]",
             *([escape(where_text(r))] if slurm else []), r["dataset"],
             f"{r['loss']}/{r['miner']}", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
             f"{best:.4f}" if best is not None else "-", ",".join(r.get("tags", [])),
@@ -116,7 +115,7 @@ def _latest_table(records: list[dict]) -> Table:
         evals = [m for m in metrics if m.get("kind") == "eval" and m.get("split") in ("val", "test")]
         values = evals[-1]["metrics"] if evals else {}
         shown = " ".join(f"{display_name(k)} {v:.3f}" for k, v in values.items() if isinstance(v, float))
-        table.add_row(record["id"], record["name"], f"[{STATE_STYLE.get(record['state'], 'white')}]{record['state']}[/]",
+        table.add_row(record["id"], record["name"], f"[{STATE_COLOURS.get(record['state'], 'white')}]{record['state']}[/]",
                       f"{record.get('epoch') or 0}/{record.get('epochs') or '?'}",
                       f"{train[-1]['metrics']['loss']:.4f}" if train else "-", shown or "-")
     return table
@@ -131,7 +130,7 @@ def follow_runs(run_ids: list[str], *, interval: float = 1.0) -> int:
         while True:
             records = run_ops.reconcile_many(run_ids, store)
             live.update(_latest_table(records))
-            if all(r["state"] in FINAL_STATES for r in records):
+            if all(is_final(r) for r in records):
                 break
             time.sleep(interval)
     return int(ExitCode.OK) if all(r["state"] == "finished" for r in records) else int(ExitCode.FAILED)
@@ -147,7 +146,7 @@ def tail(run_id: IdArgument, as_json: Annotated[bool, typer.Option("--json", hel
 
     tail = metrics_tail(record["run_dir"])  # the TUI's reader: only appended lines are read
     while True:
-        ended = record["state"] in FINAL_STATES  # read once more after the end: nothing is missed
+        ended = is_final(record)  # read once more after the end: nothing is missed
         lines, _replaced = tail.read()
         for line in lines:
             sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")

@@ -9,33 +9,40 @@ and hands submitit the same call with ``resume=True`` to requeue. Several runs a
 
 The login node keeps the store. It learns a run's state from its run directory and from ``squeue``
 (one call per listing, cached for a moment), never from ``sacct``, which needs an accounting database
-that many clusters lack: a job that has left the queue is judged by its status.json alone.
+that many clusters lack: a job that has left the queue is judged by its status.json alone. This module
+supplies those facts (the queue, a run's job fields); ``dmltui.states`` alone turns them into a state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dmltui import home
-from engine.rundir import FINAL_STATES, RunDir
+from engine.rundir import RunDir
 
 SQUEUE_TTL_SECONDS = 2.0  # a listing of many runs asks squeue once
-# The engine beats every 2 s, but the login node sees a compute node's status.json through the shared file system's
-# attribute and directory caches (NFS: up to 60 s by default) and through the two clocks' skew: four times the
-# local rule's 30 s before a silent run is taken for crashed.
-STALE_HEARTBEAT_SECONDS = 120.0
+# sbatch's one-letter options, by their long names (what submitit's additional parameters take)
+SBATCH_SHORT_OPTIONS = {
+    "A": "account", "a": "array", "B": "extra-node-info", "b": "begin", "C": "constraint", "c": "cpus-per-task",
+    "D": "chdir", "d": "dependency", "e": "error", "F": "nodefile", "G": "gpus", "H": "hold", "I": "immediate",
+    "i": "input", "J": "job-name", "k": "no-kill", "L": "licenses", "M": "clusters", "m": "distribution",
+    "N": "nodes", "n": "ntasks", "O": "overcommit", "o": "output", "p": "partition", "Q": "quiet", "q": "qos",
+    "S": "core-spec", "s": "oversubscribe", "t": "time", "V": "version", "W": "wait", "w": "nodelist", "x": "exclude",
+}
 
 
 class SlurmError(RuntimeError):
@@ -58,6 +65,9 @@ class SlurmSettings:
     setup: list[str] = field(default_factory=list)  # shell lines before the run, e.g. ["module load cuda/12.4"]
     folder: str | None = None  # submitit's files (pickles, job logs): must be on storage the nodes share
     signal_delay: int = 90  # seconds before the time limit at which SLURM signals the job to checkpoint
+    # how long the engine may take, after the signal, to finish its batch, write last.pt and exit (the job waits this
+    # long for it): signal_delay must be at least this
+    checkpoint_seconds: int = 60
     max_requeues: int = 3  # time-outs after which a run is not requeued again
 
     @classmethod
@@ -97,7 +107,44 @@ class SlurmSettings:
             setattr(settings, spec.name, value)
         if settings.time < 1:
             raise SlurmError("slurm setting time = 0: expected the time limit in minutes, >= 1")
+        settings.check_slots()
+        settings.sbatch_options()
         return settings
+
+    def check_slots(self) -> None:
+        """SlurmError unless the warning signal leaves the engine time to checkpoint, and a slot time to train."""
+        if self.signal_delay < self.checkpoint_seconds:
+            raise SlurmError(f"slurm setting signal_delay = {self.signal_delay}: the engine is given "
+                             f"checkpoint_seconds = {self.checkpoint_seconds} s after the warning signal to checkpoint; "
+                             f"expected signal_delay >= {self.checkpoint_seconds} (or a smaller checkpoint_seconds)")
+        training = self.time * 60 - self.signal_delay
+        if training < self.signal_delay:
+            raise SlurmError(f"slurm setting time = {self.time}: with signal_delay = {self.signal_delay} s each slot "
+                             f"trains for at most {max(training, 0)} s before it is signalled to checkpoint; expected "
+                             f"time >= {-(-2 * self.signal_delay // 60)} minutes")
+
+    def sbatch_options(self) -> dict[str, Any]:
+        """The extra sbatch options as submitit's additional parameters: ``--key=value``, ``--key value``, ``--flag``,
+        ``-p gpu`` or ``-pgpu`` (one-letter options by their long names). SlurmError for what is not an option."""
+        extra: dict[str, Any] = {}
+        for option in self.sbatch:
+            words = shlex.split(option.removeprefix("#SBATCH"))
+            if not words or not words[0].startswith("-") or len(words) > 2:
+                raise SlurmError(f"slurm setting sbatch: {option!r} is not one sbatch option, e.g. '--exclusive', "
+                                 "'--nice=10' or '-p gpu'")
+            if words[0].startswith("--"):
+                key, sep, value = words[0][2:].partition("=")
+                value = value if sep else (words[1] if len(words) == 2 else True)
+            else:
+                letter, rest = words[0][1:2], words[0][2:]
+                if letter not in SBATCH_SHORT_OPTIONS:
+                    raise SlurmError(f"slurm setting sbatch: {option!r}: -{letter} is not an sbatch option")
+                key = SBATCH_SHORT_OPTIONS[letter]
+                value = rest.removeprefix("=") or (words[1] if len(words) == 2 else True)
+            if not key:
+                raise SlurmError(f"slurm setting sbatch: {option!r} has no option name")
+            extra[key.replace("-", "_")] = value
+        return extra
 
     @classmethod
     def of_run(cls, status: dict[str, Any]) -> SlurmSettings:
@@ -115,10 +162,7 @@ class SlurmSettings:
     def executor_parameters(self, processes: int = 1) -> dict[str, Any]:
         """submitit's update_parameters() arguments for one task per run. A run of *processes* training processes
         (torchrun in the task) asks for that many times the GPUs and CPUs of one: the settings are per process."""
-        extra: dict[str, Any] = {}
-        for option in self.sbatch:
-            key, sep, value = option.removeprefix("#SBATCH").strip().removeprefix("--").partition("=")
-            extra[key.replace("-", "_")] = value if sep else True
+        extra = self.sbatch_options()
         for key in ("account", "qos", "constraint"):
             if getattr(self, key):
                 extra[key] = getattr(self, key)
@@ -155,6 +199,13 @@ def submit(run_dirs: list[str], settings: SlurmSettings, *, resume: bool = False
     check_available()
     folder = settings.job_folder()
     folder.mkdir(parents=True, exist_ok=True)
+    # Before sbatch: once it returns, the job may already run and write its own pid, host and node. Until its id is
+    # recorded, the run has no job and the submitting process (launcher_pid) vouches for it.
+    for run_dir in run_dirs:
+        RunDir(run_dir).update_status(executor="slurm", slurm_job_id=None, slurm_folder=str(folder), host=None,
+                                      pid=None, slurm_node=None, slurm_processes=processes,
+                                      slurm_settings=asdict(settings), launcher_pid=os.getpid(),
+                                      launcher_host=socket.gethostname())
     with tempfile.TemporaryFile() as stderr_copy, _stderr_to(stderr_copy):  # sbatch's own complaints: in our one line
         try:
             ids = _submit_array(submitit, EngineJob, folder, run_dirs, settings, resume, processes)
@@ -162,10 +213,9 @@ def submit(run_dirs: list[str], settings: SlurmSettings, *, resume: bool = False
             stderr_copy.seek(0)
             said = [line.strip() for line in stderr_copy.read().decode(errors="replace").splitlines() if line.strip()]
             raise SlurmError(f"{error}{' (' + said[0] + ')' if said and said[0] not in str(error) else ''}") from None
-    for run_dir, job_id in zip(run_dirs, ids):
-        RunDir(run_dir).update_status(executor="slurm", slurm_job_id=job_id, slurm_folder=str(folder), host=None, pid=None,
-                                      slurm_node=None, slurm_processes=processes, slurm_settings=asdict(settings))
     forget_queue()
+    for run_dir, job_id in zip(run_dirs, ids):
+        RunDir(run_dir).update_status(slurm_job_id=job_id)
     return ids
 
 
@@ -188,7 +238,7 @@ def _submit_array(submitit, job_type: type, folder: Path, run_dirs: list[str], s
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=settings.max_requeues)
         executor.update_parameters(slurm_array_parallelism=len(run_dirs), **settings.executor_parameters(processes))
         with executor.batch():
-            jobs = [executor.submit(job_type(), run_dir, resume, processes) for run_dir in run_dirs]
+            jobs = [executor.submit(job_type(settings.checkpoint_seconds), run_dir, resume, processes) for run_dir in run_dirs]
     except Exception as error:  # submitit raises plain errors carrying sbatch's (or its own checks') message
         lines = [line for line in str(error).splitlines() if line.strip()]
         raise SlurmError(f"SLURM refused the runs: {lines[-1] if lines else error}") from None
@@ -205,16 +255,42 @@ class QueuedJob:
     node: str
 
 
-_queue_cache: tuple[float, dict[str, QueuedJob] | None] = (0.0, None)
+class _QueueCache:
+    """The last squeue answer, shared by the threads of this process (the TUI's poll and its operations).
 
+    ``forget`` bumps a generation: an answer from an squeue call that started before a submission or cancellation
+    and ended after ``forget`` is returned to its caller but never cached, so no one reads a new job as missing
+    from a stale answer. Stamped with the time the call started."""
 
-def queue() -> dict[str, QueuedJob] | None:
-    """Job id (``123_4`` for array tasks) -> its squeue entry, for this user's jobs; None when squeue fails (then
-    nothing is concluded from a job's absence). Cached for SQUEUE_TTL_SECONDS."""
-    global _queue_cache
-    stamp, jobs = _queue_cache
-    if jobs is not None and time.monotonic() - stamp < SQUEUE_TTL_SECONDS:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.answer: tuple[int, float, dict[str, QueuedJob]] | None = None  # (generation, started, jobs)
+
+    def get(self) -> dict[str, QueuedJob] | None:
+        with self.lock:
+            generation = self.generation
+            if self.answer is not None and self.answer[0] == generation \
+                    and time.monotonic() - self.answer[1] < SQUEUE_TTL_SECONDS:
+                return self.answer[2]
+        started = time.monotonic()
+        jobs = _ask_squeue()
+        if jobs is not None:
+            with self.lock:
+                if self.generation == generation:
+                    self.answer = (generation, started, jobs)
         return jobs
+
+    def forget(self) -> None:
+        with self.lock:
+            self.generation += 1
+            self.answer = None
+
+
+_queue_cache = _QueueCache()
+
+
+def _ask_squeue() -> dict[str, QueuedJob] | None:
     if shutil.which("squeue") is None:
         return None
     try:
@@ -229,32 +305,18 @@ def queue() -> dict[str, QueuedJob] | None:
         parts = line.strip().split("|")
         if len(parts) == 4:
             jobs[parts[0]] = QueuedJob(parts[1], "" if parts[2] in ("None", "(null)") else parts[2], parts[3])
-    _queue_cache = (time.monotonic(), jobs)
     return jobs
 
 
+def queue() -> dict[str, QueuedJob] | None:
+    """Job id (``123_4`` for array tasks) -> its squeue entry, for this user's jobs; None when squeue fails (then
+    nothing is concluded from a job's absence). Cached for SQUEUE_TTL_SECONDS. Never called under the store's lock."""
+    return _queue_cache.get()
+
+
 def forget_queue() -> None:
-    """Drop the cached squeue answer (after a submission or a cancellation)."""
-    global _queue_cache
-    _queue_cache = (0.0, None)
-
-
-def derive_state(status: dict[str, Any], jobs: dict[str, QueuedJob] | None, *, now: datetime | None = None) -> str:
-    """The state of a run submitted to SLURM: written final states as they are; a running run whose heartbeat has
-    been silent for STALE_HEARTBEAT_SECONDS is ``crashed`` (its node died or hangs: squeue may show the job RUNNING
-    until SLURM gives the node up, minutes later); while its job is in the queue, what the run dir says (``queued``
-    until the engine starts, ``requeued`` after a time-out); once the job has left the queue, a run that is not final
-    is ``crashed`` (killed, or its node failed). Without an answer from squeue, the run dir alone."""
-    state = status.get("state", "queued")
-    if state in FINAL_STATES:
-        return state
-    beat = status.get("heartbeat_at")
-    age = ((now or datetime.now(UTC)) - datetime.fromisoformat(beat)).total_seconds() if beat else None
-    if state == "running" and age is not None and age > STALE_HEARTBEAT_SECONDS:
-        return "crashed"
-    if jobs is None or str(status.get("slurm_job_id")) in jobs:
-        return state
-    return "crashed"
+    """Drop the cached squeue answer (after a submission or a cancellation), and any answer still being asked for."""
+    _queue_cache.forget()
 
 
 def job_fields(status: dict[str, Any], jobs: dict[str, QueuedJob] | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ runs are detached processes.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,10 @@ class DmlTuiApp(App):
         self.poll_seconds = poll_seconds
         self.clock = clock
         self.store_error: str | None = None
+        # one poll at a time: Worker.cancel() cannot stop a thread, so a tick that finds a poll still running is skipped
+        # (two would race on the one monitor, and a slower one could install an older snapshot)
+        self._polling = threading.Lock()
+        self._frozen = False
 
     def on_mount(self) -> None:
         from dmltui.tui.screens.runs import RunsScreen
@@ -56,9 +61,13 @@ class DmlTuiApp(App):
             self.set_interval(self.poll_seconds, self.refresh_runs)
 
     # ----------------------------------------------------------------- run data
-    @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
     def refresh_runs(self) -> None:
-        """Poll the store and the live run directories off the UI thread."""
+        """Poll the store and the live run directories off the UI thread, unless a poll is running already."""
+        if self._polling.acquire(blocking=False):
+            self._poll()
+
+    @work(thread=True, group="poll", exit_on_error=False)
+    def _poll(self) -> None:
         from dmltui.store import StoreError
 
         try:
@@ -66,6 +75,10 @@ class DmlTuiApp(App):
             error = None
         except StoreError as problem:  # a corrupt or busy store: say so, keep the last known runs
             changed, error = False, str(problem)
+        except Exception as problem:  # noqa: BLE001 - e.g. a run folder that became unreadable: said, retried next tick
+            changed, error = False, f"polling the runs failed: {type(problem).__name__}: {problem}"
+        finally:
+            self._polling.release()
         self.call_from_thread(self._after_poll, changed, error)
 
     def _after_poll(self, changed: bool, error: str | None) -> None:
@@ -77,8 +90,9 @@ class DmlTuiApp(App):
             if error:
                 self.notify(error, title="run store", severity="error", timeout=10)
         if changed:
-            if self.monitor.changed_ids is None:  # a store read (the first one: thousands of records): see below
+            if not self._frozen:  # the first load (thousands of records): frozen once, see above
                 gc.freeze()
+                self._frozen = True
             self.runs_version += 1
 
     @work(thread=True, group="operations", exit_on_error=False)
@@ -87,6 +101,7 @@ class DmlTuiApp(App):
         the engine's checkpoint); the outcome is a notification, and the runs are polled again."""
         from dmltui import runs as run_ops
 
+        name = record.get("name", record["id"])
         try:
             record = run_ops.reconcile(record["id"], self.monitor.store)
             if operation == "stop":
@@ -104,6 +119,8 @@ class DmlTuiApp(App):
             severity = "information"
         except (run_ops.RunError, KeyError, ValueError) as error:  # wrong state, gone meanwhile, no GPU for it
             message, severity = str(error), "error"
+        except Exception as error:  # noqa: BLE001 - a busy store, an OSError of Popen or of the file system: said
+            message, severity = f"{operation} {name} failed: {type(error).__name__}: {error}", "error"
         self.call_from_thread(self.notify, message, severity=severity)
         self.call_from_thread(self.refresh_runs)
 

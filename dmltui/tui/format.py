@@ -10,10 +10,8 @@ from rich.text import Text
 from textual.binding import Binding
 
 from dmltui.listing import best_value, duration_seconds, on_slurm, parse_time, where_text
+from dmltui.states import STATE_COLOURS
 
-# ANSI colour names: readable in a 16-colour terminal as well as in truecolor
-STATE_COLOURS = {"queued": "cyan", "requeued": "cyan", "running": "yellow", "finished": "green", "failed": "red", "crashed": "red",
-                 "stopped": "magenta", "diverged": "red"}
 BAR_WIDTH = 8
 
 

@@ -25,14 +25,11 @@ from typing import Any
 from dmltui import launching
 from dmltui import runs as run_ops
 from dmltui.executors import slurm
+from dmltui.states import LIVE_STATES, is_final
 from dmltui.tune import space as spaces
 from dmltui.tune import study as studies
 from dmltui.tune.study import StudyError, StudySpec
 from engine.config.presets import ConfigError
-from engine.rundir import FINAL_STATES
-
-LIVE_STATES = ("queued", "running", "requeued")
-
 
 # ------------------------------------------------------------------------------------- samplers and pruners
 
@@ -266,7 +263,10 @@ class Tuner:
             if free <= 0:
                 return
             free -= self._launch_folds(trial, free)
-        while free > 0 and self.trial_count < self.spec.trials:
+        # a new trial waits for slots for all its folds (as many as --parallel allows): its folds start together, one
+        # job array on SLURM, rather than one fold per slot as slots free up
+        whole = min(self.spec.folds, self.target.parallel)
+        while free >= whole and self.trial_count < self.spec.trials:
             trial = ActiveTrial(self.study.ask(self.distributions), pending=list(range(self.spec.folds)))
             self.trial_count += 1
             self.active.append(trial)
@@ -310,7 +310,7 @@ class Tuner:
     def _curve(self, record: dict[str, Any]) -> dict[int, float]:
         epoch = record.get("epoch") or 0
         cached = self.curves.get(record["id"])
-        if cached is None or cached[0] != epoch or record.get("state") in FINAL_STATES:
+        if cached is None or cached[0] != epoch or is_final(record):
             cached = (epoch, validation_curve(record, self.spec.metric))
             self.curves[record["id"]] = cached
         return cached[1]
@@ -319,7 +319,7 @@ class Tuner:
         if trial.pending and not trial.runs:
             return
         states = [record.get("state") for record in trial.runs.values()]
-        broken = [r for r in trial.runs.values() if r.get("state") in FINAL_STATES and r.get("state") != "finished"]
+        broken = [r for r in trial.runs.values() if is_final(r) and r.get("state") != "finished"]
         if broken:
             record = broken[0]
             self._end(trial, failed=f"fold run {record['id']} {record['state']}"

@@ -21,7 +21,7 @@ from textual.widgets.option_list import Option
 from textual_plotext import PlotextPlot
 
 from dmltui import compare as cmp
-from dmltui.listing import LIVE_STATES
+from dmltui.states import LIVE_STATES
 from dmltui.tui.compare_view import (
     EXPORT_FORMATS,
     CompareFiles,

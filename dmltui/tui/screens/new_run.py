@@ -26,7 +26,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, OptionList, Se
 from textual.widgets.option_list import Option
 from textual.worker import get_current_worker
 
-from dmltui.config_form import (
+from dmltui.form_fields import (
     FieldSpec,
     cli_command,
     error_key,
@@ -257,7 +257,7 @@ class NewRunScreen(Screen):
     @work(thread=True, group="load", exit_on_error=False)
     def load_presets(self) -> None:
         from dmltui import home
-        from dmltui.config_form import ENGINE_IMPORT
+        from dmltui.imports import ENGINE_IMPORT
 
         with ENGINE_IMPORT:
             library = home.preset_library()
@@ -272,7 +272,7 @@ class NewRunScreen(Screen):
 
     @work(thread=True, group="schema", exit_on_error=False)
     def load_schema(self) -> None:
-        from dmltui.config_form import field_specs, registry_choices
+        from dmltui.form_fields import field_specs, registry_choices
 
         specs = field_specs()
         self.app.call_from_thread(self._schema_loaded, specs)
@@ -723,13 +723,15 @@ class NewRunScreen(Screen):
             self.app.call_from_thread(self._launch_refused, request, outcome, generation)
             return
         from dmltui.executors.slurm import SlurmError
-        from dmltui.launching import slurm_settings, start_runs
+        from dmltui.launching import LaunchIncomplete, slurm_settings, start_runs
 
         try:
             records = start_runs(planned, gpus=request.gpus, tags=request.tags, slurm_settings=slurm_settings(request.on))
             error = None
         except SlurmError as problem:  # sbatch refused the job array (its one line says why); nothing was left behind
             records, error = [], str(problem)
+        except LaunchIncomplete as problem:  # some started and go on; the rest were removed: both said
+            records, error = problem.started, str(problem)
         except Exception as problem:  # a store or file-system problem: say so, keep the form
             records, error = [], f"{type(problem).__name__}: {problem}"
         self.app.call_from_thread(self._launched, records, error, request.on)
@@ -746,7 +748,9 @@ class NewRunScreen(Screen):
         """Runs started (or not): said even when the screen was left meanwhile."""
         self.launching = False
         if error:
-            self.app.notify(error, title="launch failed", severity="error", timeout=10)
+            self.app.notify(error, title="launch incomplete" if records else "launch failed", severity="error", timeout=10)
+            if records:
+                self.app.refresh_runs()
             if self.is_attached:
                 self.update_count()
             return

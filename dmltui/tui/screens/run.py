@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from textual_plotext import PlotextPlot
 
 from dmltui import runs as run_ops
-from dmltui.listing import LIVE_STATES
+from dmltui.states import LIVE_STATES
 from dmltui.tui.format import tab_bindings
 from dmltui.tui.run_view import (
     LOG_LINES,

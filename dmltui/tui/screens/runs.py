@@ -13,13 +13,13 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from dmltui.compare import logged_metrics
 from dmltui.listing import parse_filter, record_filter, search_text, sort_runs, sort_value
+from dmltui.states import LIVE_STATES
 from dmltui.tui.format import RUN_COLUMNS, run_cells, shown_columns
 from dmltui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from dmltui.tui.widgets.gpu_panel import GpuPanel
 from dmltui.tui.widgets.runs_table import RunsTable
 from engine.metric_names import display_name
 
-LIVE = ("queued", "running", "requeued")
 PATCH_LIMIT = 50  # more changed runs than this at once: redraw the list
 
 
@@ -289,7 +289,7 @@ class RunsScreen(Screen):
 
     def action_stop(self) -> None:
         record = self.cursor_record()
-        if record and record["state"] not in LIVE:
+        if record and record["state"] not in LIVE_STATES:
             self.notify(f"{record['name']} is {record['state']}; only queued or running runs can be stopped", severity="warning")
             return
         self._confirmed("Stop run {name} ({id})? It checkpoints and can be resumed.", "Stop", "stop")
