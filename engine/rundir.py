@@ -10,8 +10,9 @@
       env.json        python/torch/CUDA versions, GPUs, git commit, host
       checkpoints/    last.pt and best_<split>_<metric>.pt (written atomically)
 
-The engine writes it; the run manager only reads it. A state of ``crashed`` is never
-written: readers derive it from a dead pid or a stale heartbeat.
+The engine writes it; the run manager only reads it (and, before it signals a stop, writes
+``stop_request`` saying why). ``crashed`` and ``stalled`` are never written: readers derive
+them from a dead pid, a job gone from the queue or a stale heartbeat (``dmltui.states``).
 """
 
 from __future__ import annotations
