@@ -368,14 +368,20 @@ def stop(record: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
             _signal_group(group, signal.SIGKILL)
             while pid_alive(pid):
                 time.sleep(0.05)
-    _stopped_unless_final(rd, "stopped by the run manager before it checkpointed")
+    _stopped_unless_final(rd, "stopped by the run manager before it checkpointed", pid=pid)
     return reconcile(record["id"])
 
 
-def _stopped_unless_final(rd: RunDir, error: str) -> None:
-    """A run stopped before its engine could record it (killed, or stopped before it started) is ``stopped``."""
-    if rd.read_status().get("state") not in states.WRITTEN_FINAL_STATES:
-        rd.update_status(state="stopped", ended_at=now_iso(), error=error)
+def _stopped_unless_final(rd: RunDir, error: str, **incarnation: Any) -> None:
+    """A run stopped before its engine could record it (killed, or stopped before it started) is ``stopped`` -- unless
+    it is final, or a new process or job has taken it over since (*incarnation*: the pid or job id this stop ended;
+    a resume that came meanwhile must not be overwritten)."""
+
+    def still_ours(status: dict[str, Any]) -> bool:
+        return status.get("state") not in states.WRITTEN_FINAL_STATES and all(
+            status.get(key) == value for key, value in incarnation.items())
+
+    rd.update_status(when=still_ours, state="stopped", ended_at=now_iso(), error=error)
 
 
 def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -393,7 +399,8 @@ def _stop_slurm_job(record: dict[str, Any], rd: RunDir, status: dict[str, Any], 
         if jobs is not None and str(status.get("slurm_job_id")) not in jobs:
             break
         time.sleep(0.5)
-    _stopped_unless_final(rd, "stopped by the run manager (scancel) before it checkpointed")
+    _stopped_unless_final(rd, "stopped by the run manager (scancel) before it checkpointed",
+                          slurm_job_id=status.get("slurm_job_id"))
     return reconcile(record["id"])
 
 

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,10 @@ class RunDir:
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
 
-    def update_status(self, **fields: Any) -> dict[str, Any]:
-        """Merge *fields* into status.json (atomic rewrite; safe across threads of one process)."""
+    def update_status(self, when: Callable[[dict[str, Any]], bool] | None = None, **fields: Any) -> dict[str, Any]:
+        """Merge *fields* into status.json (atomic rewrite; safe across threads and processes). With *when*, only if
+        ``when(status)`` holds for the status read under the same lock (a check and a write no other writer can
+        come between); returns the status as it is afterwards."""
         if "state" in fields and fields["state"] not in STATES:
             raise ValueError(f"state {fields['state']!r} is not one of {', '.join(STATES)}")
         with self._lock:  # threads of this process (the heartbeat)...
@@ -75,6 +78,8 @@ class RunDir:
             try:
                 fcntl.flock(directory, fcntl.LOCK_EX)  # ...and other processes (launcher, run manager)
                 status = self.read_status()
+                if when is not None and not when(status):
+                    return status
                 status.update(fields, version=STATUS_VERSION)
                 atomic_write_json(self.status, status)
                 return status

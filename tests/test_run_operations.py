@@ -245,3 +245,16 @@ def test_db_rebuild_twice_in_one_second_keeps_both_previous_stores(isolated_env)
                       for doc in json.loads(file.read_text())["runs"].values())
 
     assert names(first) == ["a"] and names(second) == ["b"]
+
+
+def test_a_stop_that_ends_after_a_resume_took_the_run_over_leaves_the_resumed_run_alone(isolated_env):
+    """The TUI's stop waits for its job to leave the queue, then marks a run that never recorded its stop as stopped;
+    a resume that came meanwhile (a new job) must not be overwritten by that mark."""
+    record = fake_run(isolated_env, name="raced", state="running", pid=os.getpid())
+    rd = RunDir(record["run_dir"])
+    rd.update_status(executor="slurm", slurm_job_id="21")
+    rd.update_status(state="queued", slurm_job_id="22")  # the resume's new job
+    run_ops._stopped_unless_final(rd, "stopped by the run manager (scancel) before it checkpointed", slurm_job_id="21")
+    assert rd.read_status()["state"] == "queued"
+    run_ops._stopped_unless_final(rd, "stopped by the run manager (scancel) before it checkpointed", slurm_job_id="22")
+    assert rd.read_status()["state"] == "stopped"

@@ -28,6 +28,26 @@ def _cluster_up() -> str | None:
     return None
 
 
+def slurm_timings() -> dict[str, int]:
+    """Seconds from `scontrol show config` that bound how long requeues take, with Slurm's defaults where unset:
+    cred_expire (AuthInfo; a requeued job's BeginTime is cred_expire + 1 s after its end), kill_wait (KillWait: a job
+    still running at its limit is killed this long after SIGTERM) and scheduled (how soon an eligible job is looked at:
+    sched_interval, or bf_interval under sched/backfill)."""
+    lines = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    config = {key.strip(): value.strip() for key, sep, value in (line.partition("=") for line in lines) if sep}
+
+    def option(key: str, name: str, default: int) -> int:  # "a=1,b=2" lists such as AuthInfo, SchedulerParameters
+        found = dict(item.partition("=")[::2] for item in config.get(key, "").split(",") if "=" in item)
+        return int(found[name]) if found.get(name, "").isdigit() else default
+
+    scheduled = option("SchedulerParameters", "sched_interval", 60)
+    if config.get("SchedulerType") == "sched/backfill":
+        scheduled = min(scheduled, option("SchedulerParameters", "bf_interval", 30))
+    kill_wait = config.get("KillWait", "30").split()[0]
+    return {"cred_expire": option("AuthInfo", "cred_expire", 120), "kill_wait": int(kill_wait) if kill_wait.isdigit() else 30,
+            "scheduled": scheduled}
+
+
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_cluster_up() is not None, reason=_cluster_up() or "")]
 
 
@@ -103,22 +123,6 @@ def test_a_pending_job_shows_its_reason_and_stop_cancels_it(slurm_home):
     assert by_id(record["id"])["state"] == "stopped" and job not in squeue_ids()
 
 
-def test_settings_kept_in_the_run_dir_outlast_changes_to_the_config_file(slurm_home, tmp_path, monkeypatch):
-    from dataclasses import asdict
-
-    from dmltui.executors.slurm import SlurmSettings
-
-    config = tmp_path / "settings.toml"
-    config.write_text('[slurm]\npartition = "short"\ntime = 30\n')
-    monkeypatch.setenv("DMLTUI_CONFIG", str(config))
-    submitted = SlurmSettings.load(["time=7", 'sbatch=["--hold"]', "gpus_per_task=2"])
-    status = {"executor": "slurm", "slurm_settings": asdict(submitted)}
-    config.write_text('[slurm]\npartition = "long"\ntime = 600\n')  # the table changed since
-    again = SlurmSettings.of_run(status)
-    assert again == submitted and again.partition == "short" and again.time == 7 and again.sbatch == ["--hold"]
-    assert SlurmSettings.of_run({"executor": "slurm"}).partition == "long"  # submitted before settings were kept
-
-
 def test_a_rerun_asks_slurm_for_what_the_run_was_submitted_with(slurm_home):
     """--slurm overrides are kept in the run dir: a rerun (and a resume) asks for the same time limit and options,
     not the [slurm] table's defaults."""
@@ -148,8 +152,13 @@ def test_stop_of_a_running_job_checkpoints_and_a_killed_job_is_crashed(slurm_hom
     assert dmltui("runs", "stop", first["id"]).returncode == 0
     job = RunDir(second["run_dir"]).read_status()["slurm_job_id"]
     subprocess.run(["scancel", "--signal=KILL", f"{job}.0"], check=True)  # SIGKILL to the run's processes (OOM, a dead node)
-    crashed = wait_for(lambda: by_id(second["id"])["state"] == "crashed", 60, "the killed job shown crashed")
-    assert crashed
+    from dmltui.states import SLURM_STALE_SECONDS
+
+    # crashed once its job has left the queue and its run dir has been silent for the SLURM rule's 120 s (a job
+    # missing from squeue while its run still writes is not a crash); until then it shows what its run dir says
+    crashed = wait_for(lambda: by_id(second["id"])["state"] == "crashed", SLURM_STALE_SECONDS + 60,
+                       "the killed job shown crashed")
+    assert crashed and not by_id(second["id"])["final"]  # re-checked a while yet: squeue may have had a blip
 
 
 def test_bad_settings_and_refused_submissions_leave_nothing_behind(slurm_home):
@@ -212,7 +221,10 @@ def test_a_run_of_two_processes_is_ddp_under_torchrun_in_its_one_task(slurm_home
     asks for twice the [slurm] table's per-process CPUs (and GPUs). SLURM's warning signal reaches both ranks and
     torchrun, which must not die of it before its ranks have checkpointed; the requeued job resumes both, and the
     run ends equal, metric for metric, to the same DDP run started on this machine with torchrun, unbroken."""
-    [record] = submit("--gpus-per-run", "2", "--set", "run.device='cpu'", "--set", "optim.epochs=40", "--set", "eval.every=10")
+    # 16 epochs (about 1 s each here): 14 left to train after the signal's moment, and a local reference of its ~15 s
+    # startup plus 16 epochs, not 40 (about 35 s rather than 60 unloaded, within its 300 s bound under load); it trains
+    # after the SLURM run has ended, so the two never share the cores
+    [record] = submit("--gpus-per-run", "2", "--set", "run.device='cpu'", "--set", "optim.epochs=16", "--set", "eval.every=4")
     wait_for(lambda: RunDir(record["run_dir"]).read_status().get("epoch", 0) >= 2, 240, "both ranks training")
     status = RunDir(record["run_dir"]).read_status()
     assert status["world_size"] == 2 and status["slurm_processes"] == 2
@@ -237,24 +249,41 @@ def test_a_run_of_two_processes_is_ddp_under_torchrun_in_its_one_task(slurm_home
     assert train_losses(record["run_dir"]) == train_losses(local)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1260)  # the longest bound that does not skip (900 s) + the reference's 300 s + the rest
 def test_a_job_past_its_time_limit_is_signalled_checkpoints_requeues_and_ends_as_an_uninterrupted_run(slurm_home):
     """A real 1-minute time limit on about a minute of training (or more, on a loaded machine). SLURM checks limits
     every 30 s (slurmctld's PERIODIC_TIMEOUT, not configurable), so with signal_delay=5 its SIGUSR2 comes 25 to 55 s
     into each job; every requeued job waits cred_expire + 1 s before it starts again (.ci/slurm-up sets 10 s rather
     than 120) and has the same limit, so a slow machine sees more than one requeue. The run must end equal, metric
-    for metric, to the same run trained without a break."""
+    for metric, to the same run trained without a break. The waits are sized from the cluster's settings."""
+    limit_s, requeues = 60, 8
+    timings = slurm_timings()
+    # every job of the run ends by its limit (+ KillWait if it ignored the signal); each requeue waits cred_expire + 1 s,
+    # then until the scheduler looks; after max_requeues the run is not requeued again: it has ended by then
+    per_requeue = timings["cred_expire"] + 1 + timings["scheduled"]
+    bound = (requeues + 1) * limit_s + requeues * per_requeue + timings["kill_wait"] + 60
+    if bound > 900:
+        pytest.skip(f"this cluster's cred_expire={timings['cred_expire']} s (AuthInfo), scheduler interval "
+                    f"{timings['scheduled']} s: each of up to {requeues} requeues waits {per_requeue} s, so the run may "
+                    f"take {bound} s to end (more than 900 s); .ci/slurm-up sets cred_expire=10")
     settings = ["--set", "optim.epochs=260", "--set", "eval.every=65"]
-    [record] = submit("--slurm", "time=1", "--slurm", "signal_delay=5", "--slurm", "max_requeues=8", *settings)
+    [record] = submit("--slurm", "time=1", "--slurm", "signal_delay=5", "--slurm", "checkpoint_seconds=5",
+                      "--slurm", f"max_requeues={requeues}", *settings)
     plain = dmltui("run", "tiny", "--gpus", "cpu", "--json", *settings)  # the same run, on this machine, unbroken
     assert plain.returncode == 0, plain.stderr
     [reference] = json.loads(plain.stdout)
-    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("requeued_at"), 150, "SLURM's signal before the limit")
-    listed = by_id(record["id"])  # back in the queue until its BeginTime (then until a CPU is free): requeued
-    assert listed["state"] == "requeued" and listed["slurm_state"] == "PENDING"
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("requeued_at"), timings["scheduled"] + limit_s + 90,
+             "SLURM's signal before the limit")
+    def in_squeue():  # from the checkpoint until submitit's requeue has gone through, squeue may not list the job
+        listed = by_id(record["id"])
+        return listed if listed["slurm_state"] is not None else None
+
+    listed = wait_for(in_squeue, per_requeue, "the requeued job back in squeue")
+    # back in the queue until its BeginTime (then until a CPU is free): requeued
+    assert listed["state"] == "requeued" and listed["slurm_state"] == "PENDING", listed
     assert listed["slurm_reason"] in ("BeginTime", "Resources")
-    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("state") in ("finished", "failed", "crashed"), 420,
-             "the requeued run ending")
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("state") in ("finished", "failed", "crashed", "stopped"),
+             bound, "the requeued run ending")
     wait_for(lambda: by_id(reference["id"])["state"] in ("finished", "failed", "crashed"), 300, "the reference run")
     assert by_id(record["id"])["state"] == by_id(reference["id"])["state"] == "finished"
     log = (Path(record["run_dir"]) / "train.log").read_text()
@@ -345,9 +374,12 @@ def test_the_tui_launches_on_slurm_shows_the_job_and_stops_resumes_and_reruns_it
             assert (Path(record["run_dir"]) / "checkpoints" / "last.pt").is_file()
             await until(pilot, lambda: job not in squeue_ids(), 60, "the job out of the queue")
             await pilot.press("r")  # resume: a new job (held again by the [slurm] table)
-            await until(pilot, lambda: RunDir(record["run_dir"]).read_status()["slurm_job_id"] != job, 30, "resubmitted")
-            resumed = RunDir(record["run_dir"]).read_status()["slurm_job_id"]
+            resumed = await until(pilot, lambda: RunDir(record["run_dir"]).read_status()["slurm_job_id"] not in (None, job),
+                                  30, "resubmitted") and RunDir(record["run_dir"]).read_status()["slurm_job_id"]
             await until(pilot, lambda: f"slurm job {resumed}: PENDING (JobHeldUser)" in str(header.render()), 20, "the new job")
+            await until(pilot, lambda: app.run_record(record["id"])["state"] == "queued", 20, "queued again")
+            await confirm(pilot, "x")
+            await until(pilot, lambda: app.run_record(record["id"])["state"] == "stopped", 60, "stopped again")
             await confirm(pilot, "R")  # rerun: a new run, on SLURM as this one was
             await until(pilot, lambda: len(runs(app)) == 2, 30, "the rerun listed")
             new = runs(app)[1]
@@ -358,3 +390,45 @@ def test_the_tui_launches_on_slurm_shows_the_job_and_stops_resumes_and_reruns_it
             await until(pilot, lambda: where(app, new) == f"{status['slurm_job_id']} PD (JobHeldUser)", 20, "the rerun's job")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(600)
+def test_a_run_out_of_requeues_ends_stopped_with_its_reason_and_no_listing_ever_sees_it_end_before(slurm_home):
+    """max_requeues = 1 on a real 1-minute limit: the first limit requeues the run, the second finds it out of
+    requeues. `runs list --json`, polled all along as a script waiting for its runs would, never shows a final state
+    until that end; a requeued run has no ended_at; the end says why, and `runs resume` continues the run."""
+    import threading
+
+    [record] = submit("--slurm", "time=1", "--slurm", "signal_delay=5", "--slurm", "checkpoint_seconds=5",
+                      "--slurm", "max_requeues=1", "--set", "optim.epochs=100000")
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            listed = dmltui("runs", "list", "--json")
+            if listed.returncode == 0:
+                seen.extend(r for r in json.loads(listed.stdout) if r["id"] == record["id"])
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        # two slots of at most a minute, a requeue wait of cred_expire between them (10 s by .ci/slurm-up)
+        wait_for(lambda: RunDir(record["run_dir"]).read_status().get("state") == "stopped", 400, "the run out of requeues")
+        wait_for(lambda: seen and seen[-1]["state"] == "stopped", 60, "the listing's end")
+    finally:
+        done.set()
+        poller.join(60)
+    status = RunDir(record["run_dir"]).read_status()
+    assert status["error"] == "not requeued: timed-out too many times; `dmltui runs resume` continues it"
+    assert status["ended_at"] and status["requeued_at"]
+    states_seen = [state for i, state in enumerate(r["state"] for r in seen) if i == 0 or seen[i - 1]["state"] != state]
+    assert "requeued" in states_seen and states_seen[-1] == "stopped"
+    assert all(state in ("queued", "running", "requeued") for state in states_seen[:-1]), states_seen
+    assert all(r["ended_at"] is None for r in seen if r["state"] == "requeued")
+    assert by_id(record["id"])["final"]
+    stopped_at = status["epoch"]
+    resumed = dmltui("runs", "resume", record["id"], "--json")  # a new job, with the settings it was submitted with
+    assert resumed.returncode == 0, resumed.stderr
+    wait_for(lambda: RunDir(record["run_dir"]).read_status().get("epoch", 0) > stopped_at, 120, "the resumed run training")
+    assert dmltui("runs", "stop", record["id"]).returncode == 0
