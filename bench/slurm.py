@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _common import dmltui, scratch_home
 
 TINY = """extends = ["quickstart", "digits"]
 [data]
@@ -34,41 +34,49 @@ metrics = ["e_recall@1"]
 """
 
 
+def submitted_arrays(home: Path) -> set[str]:
+    """The job arrays of the runs under *home* that reached SLURM, read from their run directories, so that a
+    submission that failed half-way is found as well; never raises, as it runs while an error is on its way out."""
+    arrays = set()
+    for status in (home / "runs").glob("*/status.json"):
+        try:
+            job_id = json.loads(status.read_text()).get("slurm_job_id")
+        except (OSError, ValueError):
+            continue
+        if isinstance(job_id, str):
+            arrays.add(job_id.split("_")[0])
+    return arrays
+
+
+def cancel(arrays: set[str]) -> None:
+    """scancel the held job arrays (else they stay queued for good); says which are left when scancel fails."""
+    if not arrays:
+        return
+    done = subprocess.run(["scancel", *sorted(arrays)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"scancel failed, cancel job arrays {' '.join(sorted(arrays))} by hand: {done.stderr.strip()}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    script = str(Path(sys.executable).with_name("dmltui"))
-    with tempfile.TemporaryDirectory() as scratch:
-        home = Path(scratch)
-        (home / "presets").mkdir()
-        (home / "presets" / "tiny.toml").write_text(TINY)
-        config = home / "config.toml"
-        config.write_text('[slurm]\ncpus_per_task = 1\ntime = 10\nsbatch = ["--hold"]\n')
-        env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
-        env.update(DMLTUI_HOME=scratch, DMLTUI_CONFIG=str(config), PYTHONPYCACHEPREFIX=str(home / "pycache"))
-        subprocess.run([script, "presets", "list"], env=env, capture_output=True, check=True)  # warms the bytecode cache
-        started = time.perf_counter()
-        submitted = subprocess.run([script, "run", "tiny", "--seeds", f"0-{args.runs - 1}", "--on", "slurm", "--json"],
-                                   env=env, capture_output=True, text=True)
-        submit_s = time.perf_counter() - started
-        if submitted.returncode != 0:
-            raise SystemExit(submitted.stderr.strip())
-        records = json.loads(submitted.stdout)
+    with scratch_home({"tiny": TINY}, config='[slurm]\ncpus_per_task = 1\ntime = 10\nsbatch = ["--hold"]\n') as (home, env):
         try:
-            arrays = {json.loads((Path(r["run_dir"]) / "status.json").read_text())["slurm_job_id"].split("_")[0]
-                      for r in records}
+            dmltui(["presets", "list"], env)  # warms the bytecode cache
+            started = time.perf_counter()
+            dmltui(["run", "tiny", "--seeds", f"0-{args.runs - 1}", "--on", "slurm", "--json"], env)
+            submit_s = time.perf_counter() - started
+            arrays = submitted_arrays(home)
             walls = []
             for _ in range(3):
                 started = time.perf_counter()
-                listed = subprocess.run([script, "runs", "list", "--json"], env=env, capture_output=True, text=True,
-                                        check=True)
+                listed = dmltui(["runs", "list", "--json"], env)
                 walls.append(time.perf_counter() - started)
             pending = sum(r.get("slurm_state") == "PENDING" for r in json.loads(listed.stdout))
         finally:
-            for array in arrays:
-                subprocess.run(["scancel", array], capture_output=True)
+            cancel(submitted_arrays(home))  # read again: whatever failed above may have failed before *arrays* was set
     figures = {"runs": args.runs, "submit_s": round(submit_s, 2), "sbatch_calls": len(arrays),
                "list_s": round(min(walls), 3), "pending_listed": pending}
     print(json.dumps(figures) if args.json else "\n".join(f"{key:>15}: {value}" for key, value in figures.items()))

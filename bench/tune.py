@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
+
+from _common import dmltui, scratch_home
 
 TINY = """extends = ["quickstart", "digits"]
 [data]
@@ -87,9 +85,9 @@ def big_study(name: str, trials: int) -> None:
             value=None if pruned else max(curve.values()), state=TrialState.PRUNED if pruned else TrialState.COMPLETE))
 
 
-def _timed(command: list[str], env: dict) -> float:
+def _timed(args: list[str], env: dict) -> float:
     started = time.perf_counter()
-    subprocess.run(command, env=env, capture_output=True, check=True)
+    dmltui(args, env)
     return time.perf_counter() - started
 
 
@@ -99,23 +97,18 @@ def main() -> None:
     parser.add_argument("--status-trials", type=int, default=500)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    script = str(Path(sys.executable).with_name("dmltui"))
-    with tempfile.TemporaryDirectory() as scratch:
-        home = Path(scratch)
-        (home / "presets").mkdir()
-        (home / "presets" / "tiny.toml").write_text(TINY)
-        os.environ.update(DMLTUI_HOME=scratch, OMP_NUM_THREADS="1")
-        env = dict(os.environ)
+    with scratch_home({"tiny": TINY}) as (home, env):
+        env["OMP_NUM_THREADS"] = "1"
+        os.environ.update(env)  # the tuner runs in this process
         result = {"overhead": tuner_overhead(args.trials)}
 
         big_study("big", args.status_trials)
         empty = {**env, "DMLTUI_HOME": str(home / "empty")}
-        _timed([script, "tune", "status", "--json"], empty)  # warms the bytecode cache
-        floor = min(_timed([script, "tune", "status", "--json"], empty) for _ in range(3))
-        cold = _timed([script, "tune", "status", "big", "--json"], env)
-        warm = min(_timed([script, "tune", "status", "big", "--json"], env) for _ in range(3))
-        shown = json.loads(subprocess.run([script, "tune", "status", "big", "--json"], env=env, capture_output=True,
-                                          check=True).stdout)
+        _timed(["tune", "status", "--json"], empty)  # warms the bytecode cache
+        floor = min(_timed(["tune", "status", "--json"], empty) for _ in range(3))
+        cold = _timed(["tune", "status", "big", "--json"], env)
+        warm = min(_timed(["tune", "status", "big", "--json"], env) for _ in range(3))
+        shown = json.loads(dmltui(["tune", "status", "big", "--json"], env).stdout)
         assert shown["counts"]["total"] == args.status_trials
         result["status"] = {"trials": args.status_trials, "status_cold_s": round(cold, 3), "status_warm_s": round(warm, 3),
                             "cli_floor_s": round(floor, 3), "status_warm_over_floor": round(warm / floor, 2),

@@ -21,10 +21,11 @@ from engine.rundir import RunDir, now_iso
 
 
 def engine_argv(run_dir: str, resume: bool, processes: int = 1) -> list[str]:
-    """``python -m engine``, or under torchrun with one process per GPU."""
+    """``python -m engine``, or under torchrun with one process per GPU (through :mod:`dmltui.ddp_launch`, so that a
+    stop leaves no traceback in the run's output)."""
     engine = ["-m", "engine", "--run-dir", run_dir, *(["--resume"] if resume else [])]
     if processes > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *engine]
+        return [sys.executable, "-m", "dmltui.ddp_launch", "--standalone", f"--nproc-per-node={processes}", *engine]
     return [sys.executable, *engine]
 
 

@@ -27,7 +27,7 @@ def test_configs_validate_and_presets_resolve_without_torch(isolated_env):
         "import sys;"
         "from dmltui.launching import plan_runs;"
         "planned, _ = plan_runs(['margin-b12-d', 'cub200'], ['miner.name=semihard', 'model.arch=resnet50_frozen'], seeds='0-1');"
-        "from dmltui.config_form import registry_choices; choices = registry_choices();"
+        "from dmltui.form_fields import registry_choices; choices = registry_choices();"
         "from engine.config.presets import ConfigError, resolve\n"
         "try:\n    resolve(['quickstart'], ['loss.name=margn'])\nexcept ConfigError as error:\n    print(error.lines[0])\n"
         "print(len(planned), 'resnet50_frozen' in choices['architecture'], 'torch' in sys.modules)"

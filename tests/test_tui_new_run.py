@@ -1,4 +1,4 @@
-"""The new-run screen: the form logic (dmltui.config_form) on its own, then the screen through Textual's pilot."""
+"""The new-run screen: the form logic (dmltui.form_fields) on its own, then the screen through Textual's pilot."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from textual.widgets.select import InvalidSelectValueError
 
-from dmltui import config_form as cf
+from dmltui import form_fields as cf
 from dmltui.launching import plan_runs
 from dmltui.runs import load_config
 from engine.config.presets import ConfigError, PresetLibrary, flatten

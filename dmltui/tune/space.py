@@ -121,7 +121,7 @@ def check_space(params: list[Param], resolve_with) -> None:
 
     *resolve_with(overrides)* resolves the study's preset with extra overrides and raises ConfigError. A key that is
     not in the schema, a form that does not fit its type, or a value the schema refuses gives one line naming both."""
-    from dmltui.config_form import field_specs
+    from dmltui.form_fields import field_specs
 
     specs = {spec.key: spec for spec in field_specs()}
     for param in params:

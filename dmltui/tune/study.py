@@ -8,10 +8,8 @@ are ordinary runs, found in the store by their tags ``study:<name>``, ``trial:<n
 from __future__ import annotations
 
 import math
-import os
 import re
 import statistics
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import orjson
 
 from dmltui import home
+from engine.io import atomic_write_bytes
 
 SPEC_ATTR = "dmltui_spec"
 FINAL_ATTR = "final_runs"
@@ -168,14 +167,8 @@ def _journal_key(name: str) -> list[int] | None:
 
 
 def write_summary(name: str, summary: dict[str, Any], key: list[int] | None) -> None:
-    """Atomically (temp + fsync + rename) cache *summary*, valid while the journal keeps *key*."""
-    path = study_dir(name) / "summary.json"
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(orjson.dumps({"journal": key, "summary": summary}))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    """Atomically cache *summary*, valid while the journal keeps *key*."""
+    atomic_write_bytes(study_dir(name) / "summary.json", orjson.dumps({"journal": key, "summary": summary}))
 
 
 def read_summary(name: str) -> dict[str, Any]:

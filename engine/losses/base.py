@@ -46,6 +46,14 @@ def reference_masks(labels: torch.Tensor, reference_labels: torch.Tensor) -> tup
     return same, negatives
 
 
+def anchor_mean(per_anchor: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of the per-anchor terms over the anchors *valid* marks (those with a positive, say); 0 when none is.
+
+    The anchors left out may hold ±inf (a log-sum-exp over nothing): they are dropped, not multiplied by 0 (NaN).
+    """
+    return torch.where(valid, per_anchor, 0.0).sum() / valid.sum().clamp_min(1)
+
+
 def normalize_last(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """F.normalize over the last dimension for a backward written by hand (no autograd).
 
@@ -114,7 +122,9 @@ class DMLLoss(nn.Module):
             return self.compute(embeddings, labels)
 
     def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of the batch; a ``REFERENCES`` loss's is its :meth:`compute_against` with the batch as the
+        reference set, so those losses implement only that."""
+        return self.compute_against(embeddings, labels, embeddings, labels)
 
     @classmethod
     def accepts_memory(cls) -> bool:
@@ -124,7 +134,7 @@ class DMLLoss(nn.Module):
     def compute_against(self, embeddings: torch.Tensor, labels: torch.Tensor, references: torch.Tensor,
                         reference_labels: torch.Tensor) -> torch.Tensor:
         """The loss of the batch's anchors against *references*, whose first ``len(embeddings)`` rows are the batch
-        itself (``REFERENCES`` losses; ``compute(x, y)`` is ``compute_against(x, y, x, y)``)."""
+        itself (``REFERENCES`` losses)."""
         raise NotImplementedError
 
     @staticmethod

@@ -17,11 +17,10 @@ and negatives range over the references.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from engine.losses import LOSSES
-from engine.losses.base import DMLLoss, cosines_against, logsumexp_over, reference_masks
+from engine.losses.base import DMLLoss, anchor_mean, cosines_against, logsumexp_over, reference_masks
 from engine.miners import Miner
 
 
@@ -37,9 +36,6 @@ class CircleLoss(DMLLoss):
         self.m = m
         self.gamma = gamma
 
-    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.compute_against(embeddings, labels, embeddings, labels)
-
     def compute_against(self, embeddings, labels, references, reference_labels):
         positives, negatives = reference_masks(labels, reference_labels)
         sims = cosines_against(embeddings, references)
@@ -47,5 +43,4 @@ class CircleLoss(DMLLoss):
         pos_logits = (1.0 + self.m - fixed).clamp_min_(0.0).mul_(-self.gamma) * (sims - (1.0 - self.m))
         neg_logits = (fixed + self.m).clamp_min_(0.0).mul_(self.gamma) * (sims - self.m)
         per_anchor = F.softplus(logsumexp_over(pos_logits, positives) + logsumexp_over(neg_logits, negatives))
-        valid = positives.any(1) & negatives.any(1)
-        return (per_anchor * valid).sum() / valid.sum().clamp_min(1) + self.zero(embeddings)
+        return anchor_mean(per_anchor, positives.any(1) & negatives.any(1)) + self.zero(embeddings)

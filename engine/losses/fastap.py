@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from engine.losses import LOSSES
-from engine.losses.base import DMLLoss, cosines_against, reference_masks
+from engine.losses.base import DMLLoss, anchor_mean, cosines_against, reference_masks
 from engine.miners import Miner
 
 
@@ -49,9 +49,6 @@ class FastAPLoss(DMLLoss):
 
         return binned(positives.to(distances.dtype)), binned(negatives.to(distances.dtype))
 
-    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.compute_against(embeddings, labels, embeddings, labels)
-
     def compute_against(self, embeddings, labels, references, reference_labels):
         positives, negatives = reference_masks(labels, reference_labels)
         distances = (2.0 - 2.0 * cosines_against(embeddings, references)).clamp(0.0, 4.0)
@@ -59,6 +56,5 @@ class FastAPLoss(DMLLoss):
         cumulative = torch.cumsum(h_pos + h_neg, dim=1)
         precision = h_pos * torch.cumsum(h_pos, dim=1) / torch.where(cumulative > 0, cumulative, 1.0)
         count = positives.sum(1)
-        valid = count > 0
         fast_ap = precision.sum(1) / count.clamp_min(1)
-        return ((1.0 - fast_ap) * valid).sum() / valid.sum().clamp_min(1) + self.zero(embeddings)
+        return anchor_mean(1.0 - fast_ap, count > 0) + self.zero(embeddings)

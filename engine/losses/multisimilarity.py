@@ -75,9 +75,6 @@ class MultiSimilarityLoss(DMLLoss):
         keep_pos = pos & (sim - self.margin < hardest_neg)
         return keep_pos, keep_neg
 
-    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.compute_against(embeddings, labels, embeddings, labels)
-
     def compute_against(self, embeddings, labels, references, reference_labels):
         sim = embeddings @ references.T
         keep_pos, keep_neg = self.mine(sim, labels, reference_labels)

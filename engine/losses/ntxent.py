@@ -19,7 +19,6 @@ range over the references.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from engine.losses import LOSSES
@@ -36,9 +35,6 @@ class NTXentLoss(DMLLoss):
     def __init__(self, num_classes: int, embed_dim: int, miner: Miner | None = None, *, temperature: float = 0.07):
         super().__init__(num_classes, embed_dim, miner)
         self.temperature = temperature
-
-    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.compute_against(embeddings, labels, embeddings, labels)
 
     def compute_against(self, embeddings, labels, references, reference_labels):
         positives, negatives = reference_masks(labels, reference_labels)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from engine.losses import LOSSES
-from engine.losses.base import DMLLoss, cosines_against, reference_masks
+from engine.losses.base import DMLLoss, anchor_mean, cosines_against, reference_masks
 from engine.miners import Miner
 
 SIGMOID_AT_ZERO = 0.5  # G(s_ik − s_ik): the l = k term, taken out of both sums
@@ -36,9 +36,6 @@ class SmoothAPLoss(DMLLoss):
         super().__init__(num_classes, embed_dim, miner)
         self.temperature = temperature
 
-    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.compute_against(embeddings, labels, embeddings, labels)
-
     def compute_against(self, embeddings, labels, references, reference_labels):
         positives, negatives = reference_masks(labels, reference_labels)
         count = positives.sum(1)
@@ -51,5 +48,4 @@ class SmoothAPLoss(DMLLoss):
         sets = torch.stack([positives, positives | negatives], dim=2).to(sims.dtype)  # (B, R, 2): P(i), A(i)
         ranks = torch.bmm(soft, sets).add_(1.0 - SIGMOID_AT_ZERO)  # (B, P, 2): R(k, P(i)), R(k, A(i))
         ap = (ranks[..., 0] / ranks[..., 1] * slot_valid).sum(1) / count.clamp_min(1)
-        valid = count > 0
-        return ((1.0 - ap) * valid).sum() / valid.sum().clamp_min(1) + self.zero(embeddings)
+        return anchor_mean(1.0 - ap, count > 0) + self.zero(embeddings)

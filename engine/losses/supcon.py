@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from engine.losses import LOSSES
-from engine.losses.base import DMLLoss, cosines_against, reference_masks
+from engine.losses.base import DMLLoss, anchor_mean, cosines_against, reference_masks
 from engine.miners import Miner
 
 
@@ -30,15 +30,10 @@ class SupConLoss(DMLLoss):
         super().__init__(num_classes, embed_dim, miner)
         self.temperature = temperature
 
-    def compute(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.compute_against(embeddings, labels, embeddings, labels)
-
     def compute_against(self, embeddings, labels, references, reference_labels):
         positives, negatives = reference_masks(labels, reference_labels)
         logits = cosines_against(embeddings, references) / self.temperature
         log_denominator = torch.logsumexp(logits.masked_fill(~(positives | negatives), float("-inf")), dim=1)
         count = positives.sum(1)
         mean_positive = (logits * positives).sum(1) / count.clamp_min(1)
-        per_anchor = log_denominator - mean_positive
-        valid = count > 0
-        return torch.where(valid, per_anchor, 0.0).sum() / valid.sum().clamp_min(1) + self.zero(embeddings)
+        return anchor_mean(log_denominator - mean_positive, count > 0) + self.zero(embeddings)

@@ -1,6 +1,6 @@
 """The config form of the new-run screen: one tab per config section, one typed input per key.
 
-The fields come from :func:`dmltui.config_form.field_specs` (the config's JSON schema): integers and
+The fields come from :func:`dmltui.form_fields.field_specs` (the config's JSON schema): integers and
 numbers are restricted inputs, booleans are ``[x]`` toggles, names from a registry or an enum are
 selects, lists are comma-separated text. Each field shows the preset's resolved value until it is
 edited; an edited field is marked ``*`` (and its tab too) and becomes a ``--set`` override. The
@@ -26,7 +26,7 @@ from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Input, Label, Select, Static, TabbedContent, TabPane
 
-from dmltui.config_form import (
+from dmltui.form_fields import (
     LAUNCH_KEYS,
     NAMED_PARTS,
     FieldSpec,

@@ -16,9 +16,10 @@ import json
 import math
 import re
 import shlex
-import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from dmltui.imports import ENGINE_IMPORT
 
 # dotted key -> the registry its value is a name in (the form offers the registry's names)
 REGISTRY_FIELDS = {
@@ -33,9 +34,6 @@ REGISTRY_FIELDS = {
 LAUNCH_KEYS = {"run.seed": "seeds"}
 # sections whose sub-tables are the parameters of one named part: loss.<loss name>.*, miner.<miner name>.*
 NAMED_PARTS = {"loss": "loss.name", "miner": "miner.name"}
-# first imports of the engine happen one thread at a time: two threads importing torchvision at once break its
-# circular imports (the form's workers take this lock around their first engine import)
-ENGINE_IMPORT = threading.RLock()
 # architecture modifiers offered in the backbone list (any other combination can still come from a preset)
 ARCH_SUFFIXES = ("", "_normalize", "_frozen", "_frozen_normalize")
 
