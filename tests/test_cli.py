@@ -6,6 +6,7 @@ import json
 import tomllib
 from pathlib import Path
 
+import pytest
 from conftest import dmltui
 
 RUNS_FILE = """\
@@ -19,8 +20,9 @@ python main.py --dataset online_products --kernels 6 --source $datapath --n_epoc
 """
 
 
+@pytest.mark.timeout(600)  # the README's 20 epochs: about 75 s alone, several minutes beside a loaded suite
 def test_quickstart_trains_and_beats_raw_pixels_and_the_untrained_network():
-    result = dmltui("quickstart", "--json", timeout=400)
+    result = dmltui("quickstart", "--json", timeout=540)
     assert result.returncode == 0, result.stderr[-3000:]
     payload = json.loads(result.stdout)
     assert payload["state"] == "finished"
