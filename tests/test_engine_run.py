@@ -336,6 +336,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tmp_path):
     # closer together than the drift; none within 1e-4 after epoch 1, 54 within 3e-3 after epoch 2.
     one, two = RunDir(tmp_path / "one").read_metrics(), RunDir(tmp_path / "two").read_metrics()
     assert [(r["kind"], r["epoch"], r["split"]) for r in one] == [(r["kind"], r["epoch"], r["split"]) for r in two]
+    assert len(ref["labels"]) == sum(r["metrics"]["batches"] for r in one if r["kind"] == "train") == 28  # every step seen
     drift = {1: {"loss": 1e-4, "e_recall@1": 0.01}, 2: {"loss": 1e-2, "e_recall@1": 0.03}}
     for a, b in zip(one, two, strict=True):
         if a["kind"] == "train":

@@ -124,7 +124,9 @@ def test_view_rows_marks_and_captions(isolated_env):
 # --------------------------------------------------------------------------- Pilot
 
 
-def test_the_tab_opens_within_a_second_on_cached_embeddings_and_shows_a_chosen_query(isolated_env):
+def test_the_tab_opens_on_cached_embeddings_and_shows_a_chosen_query(isolated_env):
+    """With cached embeddings the tab fills from the cache (no embedding, no progress bar); how fast it opens is
+    bench/tui.py's figure retrieval_tab_s."""
     record = inspected_run(isolated_env)
     found = inspect_run(record["run_dir"], k=10, device="cpu")
 
@@ -132,10 +134,10 @@ def test_the_tab_opens_within_a_second_on_cached_embeddings_and_shows_a_chosen_q
         await open_run(pilot, record["id"])
         screen = pilot.app.screen
         table = screen.query_one("#retrieval-table")
-        started = time.monotonic()
         await pilot.press("6")
-        await wait_for(pilot, lambda: table.row_count == 20)
-        assert time.monotonic() - started < 1.0
+        await wait_for(pilot, lambda: table.row_count == 20)  # bounded by wait_for's 10 s
+        assert screen.query_one(RetrievalPanel).inspection.embeddings.cached
+        assert not screen.query_one("#retrieval-progress").display
         assert screen.query_one("TabbedContent").active == "retrieval" and screen.focused is table
         assert "R@1" in str(screen.query_one("#retrieval-status").render())
         await pilot.press("down", "down")  # choose the third worst query

@@ -267,24 +267,55 @@ def test_a_study_killed_and_continued_prunes_the_hopeless_and_finalizes_on_test(
     assert "study1-t" not in compared.stdout  # the fold runs have no test results: left out of tables
 
 
+def _stop_live(tag: str) -> list[dict]:
+    """Stop (as `dmltui runs stop` does) every live run tagged *tag*; returns the stopped records."""
+    live = [r["id"] for r in _runs("--tag", tag) if r["state"] in ("queued", "running", "requeued")]
+    if not live:
+        return []
+    stopped = dmltui("runs", "stop", *live, "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    return json.loads(stopped.stdout)
+
+
 def test_one_tuner_per_study_a_second_process_is_refused_and_touches_nothing(tiny, isolated_env):
-    """Two `dmltui tune` processes on one study at once: the second exits 4 with one line, and launches no run."""
+    """Two `dmltui tune` processes on one study at once: the second exits 4 with one line, and launches no run.
+    The first's one trial trains both folds at once (--parallel 2) for far more epochs than the test lasts: while the
+    second tries, the first is still tuning and has launched everything it ever will, so any new run or run dir
+    would be the second's. The first's runs are stopped at the end."""
     script = Path(sys.executable).with_name("dmltui")
     command = [str(script), "tune", tiny, "--name", "race", "--space", "optim.lr=loguniform(1e-4,1e-2)", "--trials", "1",
-               "--folds", "2", "--metric", "e_recall@1", "--poll", "0.2"]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+               "--folds", "2", "--parallel", "2", "--set", "optim.epochs=100000", "--metric", "e_recall@1",
+               "--poll", "0.2"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (isolated_env / "studies" / "race" / "journal.log").exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        while len(launched := _runs("--tag", "study:race")) < 2:
+            assert first.poll() is None, f"the first tuner ended: {first.stdout.read()}"
+            assert time.monotonic() < deadline, "the first tuner did not launch its trial's two folds within 120 s"
+            time.sleep(0.5)
+        assert sorted((_tags(r, "trial:"), _tags(r, "fold:")) for r in launched) == [("0", "0"), ("0", "1")]
+        ids_before = {r["id"] for r in _runs()}
+        dirs_before = sorted(p.name for p in (isolated_env / "runs").iterdir())
+
         second = dmltui(*command[1:])
         assert second.returncode == 4, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and "is being tuned by another process" in lines[0]
+        assert first.poll() is None, first.stdout.read()  # refused by the lock: the first was still tuning
+
+        after = _runs()
+        assert {r["id"] for r in after} == ids_before  # the second launched no run (the first had no more to launch)
+        assert sorted(p.name for p in (isolated_env / "runs").iterdir()) == dirs_before  # nor made a run dir
+        assert sorted(r["id"] for r in after if "study:race" in r["tags"]) == sorted(r["id"] for r in launched)
+        status = json.loads(dmltui("tune", "status", "race", "--json").stdout)
+        assert status["counts"]["total"] == 1 and status["counts"]["running"] == 1  # nor asked the study for a trial
         missing = dmltui("tune", "resume", "nosuch")
         assert missing.returncode == 3 and len(missing.stderr.strip().splitlines()) == 1
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    runs = _runs("--tag", "study:race")
-    assert len(runs) <= 2 and len({_tags(r, "fold:") for r in runs}) == len(runs)  # the first tuner's folds only
+        stopped = _stop_live("study:race")  # the fold runs outlive their tuner: nothing is left training
+    assert sorted(r["id"] for r in stopped) == sorted(r["id"] for r in launched)
+    assert all(r["state"] == "stopped" for r in stopped), [(r["id"], r["state"]) for r in stopped]
+    assert {r["id"] for r in _runs()} == ids_before
+    assert not [r["id"] for r in _runs() if r["state"] in ("queued", "running", "requeued")]

@@ -26,10 +26,8 @@ def test_a_study_on_slurm_sends_each_trials_folds_as_one_job_array(slurm_home): 
         runs = [json.loads(dmltui("runs", "show", run_id, "--json").stdout) for run_id in trial["runs"]]
         assert [r["state"] for r in runs] == ["finished", "finished"]
         jobs = {RunDir(r["run_dir"]).read_status()["slurm_job_id"].split("_")[0] for r in runs}
-        # The first trial's folds start together (two free slots): one array, one sbatch call. A later trial's folds
-        # take the slots as they free up, so they may go in one array each.
-        if trial["number"] == 0:
-            assert len(jobs) == 1, jobs
+        # every trial's folds start together, one array (one sbatch call): a new trial waits for slots for all its folds
+        assert len(jobs) == 1, (trial["number"], jobs)
         for record in runs:
             assert all(json.loads(line).get("split") != "test"
                        for line in open(f"{record['run_dir']}/metrics.jsonl") if line.strip())
