@@ -533,6 +533,10 @@ def _delete_trash(trash: Path, run_id: str) -> None:
     if failures:
         raise RunError(f"run {run_id} is forgotten, but its files could not all be deleted ({failures[0]}); "
                        f"what is left is in {trash}")
+    try:
+        trash.parent.rmdir()  # an empty trash goes too: the runs folder holds runs only
+    except OSError:
+        pass  # another deletion's files are still in it
 
 
 def discard(records: list[dict[str, Any]]) -> None:

@@ -136,6 +136,7 @@ def test_a_rerun_asks_slurm_for_what_the_run_was_submitted_with(slurm_home):
     assert "TimeLimit=00:07:00" in shown and "JobState=PENDING" in shown and "Reason=JobHeldUser" in shown, shown
 
 
+@pytest.mark.timeout(600)  # the killed job is crashed only after the SLURM silence rule's 120 s
 def test_stop_of_a_running_job_checkpoints_and_a_killed_job_is_crashed(slurm_home):
     first, second = submit("--seeds", "0-1", "--set", "optim.epochs=100000")
     for record in (first, second):
