@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.rundir import RunDir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -174,3 +176,17 @@ def quickstart_copy(finished_quickstart, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(finished_quickstart, tmp_path / "quickstart-run"))
+
+
+@pytest.fixture
+def slurm_home(tiny, isolated_env, tmp_path, monkeypatch):
+    """A tiny preset, and a user config whose [slurm] table fits the one-node cluster (one CPU per run: two runs at
+    once); the runs' and submitit's files are under the test's home (one node: its disk is 'shared')."""
+    config = tmp_path / "config.toml"
+    config.write_text("[slurm]\ncpus_per_task = 1\ntime = 30\n")
+    monkeypatch.setenv("DMLTUI_CONFIG", str(config))
+    yield isolated_env
+    for run_dir in (isolated_env / "runs").glob("*"):  # no job of this test outlives it
+        job = RunDir(run_dir).read_status().get("slurm_job_id")
+        if job:
+            subprocess.run(["scancel", "--full", str(job)], capture_output=True)

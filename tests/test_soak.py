@@ -17,24 +17,14 @@ from pathlib import Path
 
 import pytest
 from conftest import dmltui
+from slurm_cluster import SLURM_TESTS
 
 from engine.rundir import RunDir
 
 SIGSTOP_SECONDS = 60.0
 
 
-def _cluster_up() -> str | None:
-    import shutil
-
-    if shutil.which("sinfo") is None:
-        return "no SLURM here: run .ci/slurm-up (needs root and apt) to start a one-node cluster"
-    result = subprocess.run(["sinfo", "--noheader", "--format=%T"], capture_output=True, text=True)
-    if result.returncode != 0 or "idle" not in result.stdout and "mixed" not in result.stdout:
-        return f"the SLURM cluster does not answer ({(result.stderr or result.stdout).strip()[:120]}): run .ci/slurm-up"
-    return None
-
-
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_cluster_up() is not None, reason=_cluster_up() or "")]
+pytestmark = SLURM_TESTS
 
 
 class Journal:
@@ -84,10 +74,8 @@ def launch(*args: str) -> list[dict]:
 
 
 @pytest.mark.timeout(1500)
-def test_soak_state_stays_true_under_load_faults_and_slurm(tiny, isolated_env, tmp_path, monkeypatch):
-    config = tmp_path / "config.toml"
-    config.write_text("[slurm]\ncpus_per_task = 1\ntime = 30\n")
-    monkeypatch.setenv("DMLTUI_CONFIG", str(config))
+def test_soak_state_stays_true_under_load_faults_and_slurm(slurm_home, tmp_path):
+    isolated_env = slurm_home
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     journal = Journal()
     runs: dict[str, dict] = {}

@@ -170,19 +170,13 @@ def test_without_a_cache_a_worker_embeds_with_progress_and_the_screen_responds(q
     async def scenario(pilot):
         await open_run(pilot, record["id"])
         screen = pilot.app.screen
-        idle = []
-        for key in "2121":  # what switching tabs takes here when nothing else runs
-            started = time.monotonic()
-            await pilot.press(key)
-            idle.append(time.monotonic() - started)
         await pilot.press("6")
         await wait_for(pilot, lambda: screen.query_one("#retrieval-progress").display, timeout=60)
         assert "embedding the test split with the best checkpoint" in str(screen.query_one("#retrieval-status").render())
         assert screen.query_one(RetrievalPanel).child.poll() is None  # a child process embeds
-        started = time.monotonic()
-        await pilot.press("1")  # the screen answers as fast as when idle (an embedding thread here took 3.5x)
+        # the screen answers while the child embeds (how fast, against idle, is bench/tui.py's retrieval_tab_s)
+        await pilot.press("1")
         assert screen.query_one("TabbedContent").active == "metrics"
-        assert time.monotonic() - started < 2 * sorted(idle)[1] + 0.1
         await pilot.press("6")
         await wait_for(pilot, lambda: screen.query_one("#retrieval-table").row_count == 200, timeout=120)
         assert not screen.query_one("#retrieval-progress").display

@@ -7,11 +7,11 @@ import json
 
 import pytest
 from conftest import dmltui
-from test_slurm import _cluster_up, slurm_home  # noqa: F401  (the fixture, shared)
+from slurm_cluster import SLURM_TESTS
 
 from engine.rundir import RunDir
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_cluster_up() is not None, reason=_cluster_up() or "")]
+pytestmark = SLURM_TESTS
 
 
 @pytest.mark.timeout(600)  # two minutes alone; the one-node cluster is shared with the other SLURM tests
