@@ -43,42 +43,8 @@ import subprocess
 import sys
 import time
 
-FULL_N, FULL_CLASSES, DIM = 60_502, 11_316, 128
+FULL_N = 60_502  # engine.perf.SOP_N: the data and the suite are engine.perf's
 SIZES = (15_000, 30_000, FULL_N)
-RETRIEVAL = ["e_recall@1", "e_recall@10", "e_recall@100", "e_recall@1000", "map_at_r", "mAP_c"]
-NOISE = 0.13
-
-
-def class_sizes(n: int, rng):
-    """Class sizes in 2..12 with SOP's mean (60,502 / 11,316 ≈ 5.35), summing to exactly n."""
-    import numpy as np
-
-    n_classes = max(1, round(FULL_CLASSES * n / FULL_N))
-    values = np.arange(2, 13)
-    weights = np.exp(-values / 2.6)
-    sizes = rng.choice(values, size=n_classes, p=weights / weights.sum())
-    while sizes.sum() != n:  # nudge random classes, staying within 2..12
-        i = rng.integers(n_classes)
-        if sizes.sum() < n and sizes[i] < 12:
-            sizes[i] += 1
-        elif sizes.sum() > n and sizes[i] > 2:
-            sizes[i] -= 1
-    return sizes
-
-
-def synthetic(n: int, seed: int = 0):
-    """(embeddings N × 128 float32 L2-normalised, labels N int64), seeded."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    sizes = class_sizes(n, rng)
-    labels = np.repeat(np.arange(sizes.size), sizes)
-    centres = rng.standard_normal((sizes.size, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    x = centres[labels] + NOISE * rng.standard_normal((n, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    perm = rng.permutation(n)
-    return np.ascontiguousarray(x[perm], dtype=np.float32), labels[perm]
 
 
 def peak_rss_mb() -> float:
@@ -93,40 +59,20 @@ def run_one(device: str, n: int, backend: str, threads: int, peer: bool) -> dict
     import faiss
 
     faiss.omp_set_num_threads(threads)
-    from engine import metrics as M
-    from engine.metrics.backends import resolve_backend
+    from engine import metrics, perf
 
-    x_np, y = synthetic(n)
+    x_np, y = perf.sop_like(n)
     base_rss = peak_rss_mb()
     x = torch.from_numpy(x_np).to(device)
-    engine = resolve_backend(backend, x.device)
-    k = len(set(y.tolist()))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        M.compute_metrics(x[:2000], y[:2000], ["e_recall@1", "nmi"], backend=backend)  # warm up kernels
-        sync()
-
-    stages: dict[str, float] = {}
-    stages_cpu: dict[str, float] = {}
-    values: dict[str, float] = {}
-
-    def timed(stage, fn):
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        sync()
-        stages[stage], stages_cpu[stage] = time.perf_counter() - t, time.process_time() - c
-        return out
-
+        metrics.compute_metrics(x[:2000], y[:2000], ["e_recall@1", "nmi"], backend=backend)  # warm up kernels
+        torch.cuda.synchronize()
     c0 = time.process_time()
-    t0 = time.perf_counter()
-    got, missing = timed("retrieval", lambda: M.compute_metrics(x, y, RETRIEVAL, backend=backend))
-    values.update(got)
-    clusters = timed("kmeans", lambda: M.cluster(x, k, space="e", seed=0, backend=engine).cpu().numpy())
-    values["nmi"] = timed("nmi", lambda: M.nmi(y, clusters))
-    values["f1"] = timed("f1", lambda: M.pair_f1(y, clusters))
-    total = time.perf_counter() - t0
+    suite = perf.time_eval_suite(x, y, backend)
     cpu = time.process_time() - c0
+    engine, total, stages, stages_cpu, values, missing = (suite.backend, suite.total_s, suite.stages_s, suite.stages_cpu_s,
+                                                          suite.metrics, suite.missing)
     out = {
         "device": device, "n": n, "backend": engine, "threads": threads, "total_s": round(total, 3),
         "cpu_s": round(cpu, 3), "stages_s": {s: round(v, 3) for s, v in stages.items()},

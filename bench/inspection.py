@@ -1,6 +1,6 @@
 """Benchmark of ``dmltui inspect``'s computation against the evaluation suite, at Stanford Online Products scale.
 
-The embeddings are bench/eval.py's synthetic SOP-like set (60,502 × 128, 11,316 classes
+The embeddings are engine.perf's synthetic SOP-like set (as bench/eval.py's) (60,502 × 128, 11,316 classes
 of 2–12 samples, seeded). Both sides start from the embeddings in memory (``inspect``
 reads them from its cache; the evaluation gets them from the trainer):
 
@@ -23,7 +23,6 @@ fastest wall times (and of their CPU times): other load on a shared machine only
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -36,31 +35,24 @@ HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 1.1
 
 
-def _bench_eval():
-    spec = importlib.util.spec_from_file_location("bench_eval", HERE / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_one(side: str, n: int, threads: int) -> dict:
     """One side, timed from the embeddings in memory (imports and a warm-up call first, untimed)."""
     import numpy as np
     import torch
 
     from engine import metrics as M
+    from engine import perf
     from engine.metrics.per_query import query_results
 
     torch.set_num_threads(threads)
-    bench_eval = _bench_eval()
-    x_np, y = bench_eval.synthetic(n)
+    x_np, y = perf.sop_like(n)
     x = torch.from_numpy(x_np)
-    warm_x, warm_y = bench_eval.synthetic(2000, seed=1)
+    warm_x, warm_y = perf.sop_like(2000, seed=1)
     M.compute_metrics(warm_x, warm_y, ["e_recall@1"]) if side == "suite" else query_results(warm_x, warm_y, k=10)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     wall, cpu = time.perf_counter(), time.process_time()
     if side == "suite":
-        values, _ = M.compute_metrics(x, y, bench_eval.RETRIEVAL)
+        values, _ = M.compute_metrics(x, y, perf.SUITE_RETRIEVAL)
         clusters = M.cluster(x, len(set(y.tolist())), space="e", seed=0).cpu().numpy()
         values["nmi"], values["f1"] = M.nmi(y, clusters), M.pair_f1(y, clusters)
         figures = {"e_recall@1": values["e_recall@1"], "map_at_r": values["map_at_r"]}

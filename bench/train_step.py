@@ -37,103 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import losses, trainer  # noqa: E402
-from engine.config.schema import Config  # noqa: E402
-from engine.data import ImageDataset, ImageList, build_transform, create_splits, ensure_image_cache  # noqa: E402
-from engine.data.cache import default_cache_size  # noqa: E402
-from engine.models import backbone_info, create_model  # noqa: E402
-
-ARCH = "resnet50_frozen_normalize"
-SIZE = 224
-
-
-def bench_config(batch: int, deterministic: bool) -> Config:
-    return Config.model_validate({
-        "model": {"arch": ARCH, "embed_dim": 128, "pretrained": False},
-        "loss": {"name": "margin"},
-        "miner": {"name": "distance"},
-        "sampler": {"batch_size": batch, "samples_per_class": 2},
-        "optim": {"name": "adam"},
-        "run": {"deterministic": deterministic},
-    })
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_step(config: Config, device: torch.device, *, bf16_channels_last: bool, steps: int, warmup: int) -> float:
-    """images/s of forward + loss + backward + optimizer step on synthetic input."""
-    torch.manual_seed(0)
-    batch = config.sampler.batch_size
-    num_classes = 100  # CUB200's training classes
-    model = create_model(ARCH, embed_dim=128, pretrained=False).to(device)
-    criterion = losses.from_config(config, num_classes).to(device)
-    # The trainer's own optimizer construction (network group + the loss's beta group).
-    optimizer = trainer.build_optimizer(config.optim, model, criterion)
-    memory_format = torch.channels_last if bf16_channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    model.train()
-    images = torch.randn(batch, 3, SIZE, SIZE, device=device).contiguous(memory_format=memory_format)
-    per_class = config.sampler.samples_per_class
-    labels = torch.randperm(num_classes)[: batch // per_class].repeat_interleave(per_class).to(device)
-
-    def step() -> None:
-        if bf16_channels_last:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                embeddings = model(images)
-        else:
-            embeddings = model(images)
-        loss = criterion(embeddings, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch / (time.perf_counter() - started)
-
-
-def make_jpeg_folder(root: Path, n_images: int, n_classes: int = 200, seed: int = 0) -> Path:
-    """A CUB-like tree ``root/cub200/images/NNN.Class_k/img_i.jpg`` of 500 x 375 JPEGs (smooth fields plus
-    fine noise, about the size of CUB's files)."""
-    rng = np.random.default_rng(seed)
-    images = root / "cub200" / "images"
-    for i in range(n_images):
-        folder = images / f"{i % n_classes + 1:03d}.Class_{i % n_classes}"
-        folder.mkdir(parents=True, exist_ok=True)
-        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
-        pixels = np.asarray(coarse, dtype=np.int16) + rng.integers(-12, 13, (375, 500, 3), dtype=np.int16)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"img_{i // n_classes:04d}.jpg", quality=90)
-    return root
-
-
-def time_pipeline(dataset: ImageDataset, *, batch: int, workers: int, pin: bool) -> float:
-    """images/s of a shuffling DataLoader over one pass, excluding the first batch (worker start-up)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
-                                         pin_memory=pin, generator=torch.Generator().manual_seed(0))
-    seen, started = 0, None
-    for images, _, _ in loader:
-        if started is None:
-            started = time.perf_counter()
-            continue
-        seen += images.shape[0]
-    if not seen:
-        raise SystemExit(f"--images too small for a pipeline measurement: need more than 2 batches of {batch}")
-    return seen / (time.perf_counter() - started)
+from engine import perf, trainer  # noqa: E402
 
 
 def main() -> None:
@@ -164,9 +73,7 @@ def main() -> None:
     workers = args.workers if args.workers is not None else (8 if cuda else 2)
     n_images = args.images or (2000 if cuda else 600)
     deterministic = args.deterministic == "on"
-    trainer.seed_everything(0, deterministic)
-    if not deterministic:
-        torch.backends.cudnn.benchmark = True
+    trainer.seed_everything(0, deterministic)  # off: cudnn.benchmark, as the trainer sets it
 
     figures: dict = {
         "device": device.type,
@@ -198,10 +105,10 @@ def main() -> None:
 
     say(f"device: {figures['device_name']} | torch {torch.__version__} | {figures['threads']} threads | batch {batch}")
     if not args.skip_step:
-        config = bench_config(batch, deterministic)
-        fp32 = time_step(config, device, bf16_channels_last=False, steps=steps, warmup=warmup)
+        config = perf.step_config(batch, deterministic)
+        fp32 = perf.time_train_step(config, device, bf16_channels_last=False, steps=steps, warmup=warmup).images_per_s
         say(f"step fp32:                 {fp32:8.1f} images/s")
-        bf16 = time_step(config, device, bf16_channels_last=True, steps=steps, warmup=warmup)
+        bf16 = perf.time_train_step(config, device, bf16_channels_last=True, steps=steps, warmup=warmup).images_per_s
         say(f"step bf16 + channels_last: {bf16:8.1f} images/s  ({bf16 / fp32:.2f}x fp32)")
         figures.update(step_fp32_img_s=round(fp32, 2), step_bf16_cl_img_s=round(bf16, 2), bf16_speedup=round(bf16 / fp32, 3))
         if cuda:
@@ -213,24 +120,19 @@ def main() -> None:
                 root = args.data
             else:
                 started = time.perf_counter()
-                root = make_jpeg_folder(Path(scratch) / "data", n_images)
+                root = perf.jpeg_tree(Path(scratch) / "data", n_images)
                 say(f"generated {n_images} JPEGs (500 x 375) in {time.perf_counter() - started:.1f} s")
-            splits = create_splits(args.dataset, root)
-            paths = splits.train.paths + splits.test.paths
-            images = ImageList(paths, np.zeros(len(paths), dtype=np.int64), ["all"])
-            backbone = backbone_info(ARCH)
-            transform = build_transform("base", SIZE, train=True, mean=backbone.mean, std=backbone.std)
-            plain = time_pipeline(ImageDataset(images, transform), batch=batch, workers=workers, pin=cuda)
-            say(f"pipeline, JPEG files:      {plain:8.1f} images/s  ({workers} workers, {len(paths)} images)")
-            cache = ensure_image_cache(paths, Path(splits.info["root"]), default_cache_size(SIZE),
-                                       args.cache_dir or Path(scratch) / "cache", workers=workers)
-            say(f"cache build:               {cache.build_s:8.1f} s ({cache.nbytes / 1e9:.2f} GB)"
-                if cache.built else "cache: reused an existing one")
-            cached = time_pipeline(ImageDataset(images, transform, image_cache=cache), batch=batch, workers=workers, pin=cuda)
+            timing = perf.time_pipeline(root, args.dataset, args.cache_dir or Path(scratch) / "cache", batch=batch,
+                                        workers=workers, pin=cuda)
+            plain, cached = timing.files_img_s, timing.cached_img_s
+            say(f"pipeline, JPEG files:      {plain:8.1f} images/s  ({workers} workers, {timing.images} images)")
+            say(f"cache build:               {timing.cache_build_s:8.1f} s ({timing.cache_bytes / 1e9:.2f} GB)"
+                if timing.cache_built else "cache: reused an existing one")
             say(f"pipeline, cache:           {cached:8.1f} images/s  ({cached / plain:.2f}x)")
-            figures.update(images=len(paths), pipeline_img_s=round(plain, 2), pipeline_cached_img_s=round(cached, 2),
-                           cache_speedup=round(cached / plain, 3), cache_build_s=round(cache.build_s, 2) if cache.built else None,
-                           cache_gb=round(cache.nbytes / 1e9, 3))
+            figures.update(images=timing.images, pipeline_img_s=round(plain, 2), pipeline_cached_img_s=round(cached, 2),
+                           cache_speedup=round(cached / plain, 3),
+                           cache_build_s=round(timing.cache_build_s, 2) if timing.cache_built else None,
+                           cache_gb=round(timing.cache_bytes / 1e9, 3))
         if figures["step_bf16_cl_img_s"] is not None:
             figures["pipeline_keeps_up"] = figures["pipeline_img_s"] >= figures["step_bf16_cl_img_s"]
             figures["pipeline_cached_keeps_up"] = figures["pipeline_cached_img_s"] >= figures["step_bf16_cl_img_s"]

@@ -28,13 +28,13 @@ def embed_dataset(model: torch.nn.Module, dataset: ImageDataset, *, batch_size: 
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        chunks.append(model(images).float().cpu())
+        chunks.append(model(images).float())  # stays on the device: one copy to the host at the end, not one a batch
         labels.append(batch_labels)
         done += len(batch_labels)
         if progress is not None:
             progress(done, len(dataset))
     model.train(was_training)
-    return torch.cat(chunks), torch.cat(labels)
+    return torch.cat(chunks).cpu(), torch.cat(labels)
 
 
 def raw_pixels(dataset: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:

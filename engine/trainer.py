@@ -37,8 +37,14 @@ from engine.metrics import display_name
 from engine.models import from_config, input_spec
 from engine.optim import build_optimizer, build_scheduler, per_iteration
 from engine.rundir import Heartbeat, RunDir, now_iso
+from engine.step_losses import NonFiniteLoss, StepLosses
 
 log = logging.getLogger("engine")
+
+
+# Steps whose losses stay on the device before one read-back (engine.step_losses); also how often DDP ranks agree on a
+# stop request. At a GPU's few steps a second, a stop waits seconds at most.
+LOSS_SYNC_STEPS = 32
 
 
 class Diverged(RuntimeError):
@@ -57,9 +63,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+    # deterministic: cuDNN's reproducible kernels; otherwise let it time the candidates once per input shape and keep
+    # the fastest (training's shapes are fixed), which its default (benchmark off) never does
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 class DeviceError(RuntimeError):
@@ -389,9 +396,41 @@ class Trainer:
         self.loader_generator.manual_seed(self.config.run.seed * 1_000_003 + self.epoch)
         self.resume_batch = 0
         started = time.perf_counter()
-        losses_seen = self.epoch_losses
+        losses_seen = StepLosses(self.epoch_losses, LOSS_SYNC_STEPS)
+        first_step = self.step - len(losses_seen) + 1  # the global step of the epoch's first batch
         total = len(self.sampler) + len(losses_seen)
         task = progress.add_task(f"epoch {self.epoch}/{self.config.optim.epochs}", total=total, completed=len(losses_seen)) if progress else None
+        try:
+            try:
+                finished = self._train_batches(stop, progress, task, losses_seen)
+            except Exception as error:
+                if not isinstance(error, NonFiniteLoss):
+                    # a NaN loss not read back yet explains what failed after it (a miner sampling from NaN
+                    # distances): report the divergence, at its step
+                    losses_seen.flush()
+                raise
+        except NonFiniteLoss as error:
+            raise Diverged(f"loss became {error.value} at epoch {self.epoch}, step {first_step + error.step - 1}") from None
+        finally:
+            self.epoch_losses = losses_seen.values
+        if not finished:
+            return None
+        if progress:
+            progress.remove_task(task)
+        self.epoch_losses = []
+        losses = losses_seen.values
+        figures = {
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+            "batches": len(losses),
+        }
+        if hasattr(self.criterion, "beta") and self.criterion.beta is not None:
+            figures["beta_mean"] = float(self.criterion.beta.detach().mean())
+        return figures
+
+    def _train_batches(self, stop: StopRequested, progress, task, losses_seen: StepLosses) -> bool:
+        """The epoch's remaining batches; False when a stop request ended it early (its losses read back)."""
         for images, labels, indices in self.loader:
             images = images.to(self.device, non_blocking=True)
             if self.config.run.channels_last:
@@ -404,8 +443,6 @@ class Trainer:
                 labels = distributed.gather_with_grad(labels, self.ctx)
                 indices = distributed.gather_with_grad(indices.to(self.device), self.ctx)
             loss = self.criterion(embeddings, labels)  # losses run in float32 (DMLLoss upcasts)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss became {loss.item()} at epoch {self.epoch}, step {self.step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.config.optim.grad_clip is not None:
@@ -418,23 +455,16 @@ class Trainer:
                 self.scheduler.step()
             self.sampler.update_memory(indices, embeddings.detach())  # no-op for memoryless samplers
             self.step += 1
-            losses_seen.append(loss.item())
+            read_back = losses_seen.add(loss)  # on the device: no host wait per step
             if progress:
-                progress.update(task, advance=1, description=f"epoch {self.epoch}/{self.config.optim.epochs} loss {losses_seen[-1]:.4f}")
-            if distributed.any_rank(bool(stop), self.ctx, self.device):
-                return None
-        if progress:
-            progress.remove_task(task)
-        self.epoch_losses = []
-        figures = {
-            "loss": float(np.mean(losses_seen)) if losses_seen else float("nan"),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - started,
-            "batches": len(losses_seen),
-        }
-        if hasattr(self.criterion, "beta") and self.criterion.beta is not None:
-            figures["beta_mean"] = float(self.criterion.beta.detach().mean())
-        return figures
+                shown = f" loss {losses_seen.values[-1]:.4f}" if losses_seen.values else ""
+                progress.update(task, advance=1, description=f"epoch {self.epoch}/{self.config.optim.epochs}{shown}")
+            # under DDP asking every rank is a collective (and a host wait): every block's end, on every rank alike
+            if (read_back or not self.ctx.enabled) and distributed.any_rank(bool(stop), self.ctx, self.device):
+                losses_seen.flush()
+                return False
+        losses_seen.flush()
+        return True
 
     def refresh_memory(self) -> None:
         """(Re)compute the storage sampler's memory: every training image, eval transform."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,29 @@ def test_divergence_stops_the_run_with_state_diverged(tmp_path, monkeypatch):
     assert outcome.state == "diverged"
     status = RunDir(tmp_path / "run").read_status()
     assert status["state"] == "diverged" and "nan at epoch 1, step 1" in status["error"]
+
+
+def test_a_divergence_is_reported_at_its_exact_step_though_losses_are_read_back_in_blocks(tmp_path, monkeypatch):
+    """The step losses stay on the device and are checked every LOSS_SYNC_STEPS steps (engine.step_losses): the
+    error still names the first step whose loss was NaN, and no checkpoint holds the weights trained on it."""
+    from engine.losses.margin import MarginLoss
+
+    calls = {"n": 0}
+    compute = MarginLoss.compute
+
+    def nan_from_step_7(self, embeddings, labels):
+        calls["n"] += 1
+        loss = compute(self, embeddings, labels)
+        return loss * float("nan") if calls["n"] >= 7 else loss
+
+    monkeypatch.setattr(MarginLoss, "compute", nan_from_step_7)
+    outcome = trainer.run(digits_config(), tmp_path / "run", show_progress=False)
+    assert outcome.state == "diverged"
+    status = RunDir(tmp_path / "run").read_status()
+    assert re.search(r"loss became nan at epoch \d+, step 7$", status["error"]), status["error"]
+    assert 7 < calls["n"] <= 7 + trainer.LOSS_SYNC_STEPS  # it trained on, up to the block's end, and no further
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists() or \
+        torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] < 7
 
 
 def test_a_failing_run_ends_failed_with_the_error(tmp_path):

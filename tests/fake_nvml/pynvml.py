@@ -48,3 +48,11 @@ def nvmlDeviceGetMemoryInfo(handle: int) -> SimpleNamespace:
 
 def nvmlDeviceGetUtilizationRates(handle: int) -> SimpleNamespace:
     return SimpleNamespace(gpu=0, memory=0)
+
+
+def nvmlSystemGetDriverVersion() -> str:
+    return "550.54.15"
+
+
+def nvmlSystemGetCudaDriverVersion() -> int:
+    return 12040
