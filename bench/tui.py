@@ -20,7 +20,8 @@ The table itself is timed in-process (Textual's Pilot, same terminal size): ``ta
 row is in the table; ``frame_ms``, a page down mid-table until the screen is redrawn; ``sort_ms``, re-sorting
 every row (by best R@1, by start) and ``filter_ms``, filtering as typed (narrowing to a few hundred runs, and
 back to all of them): the handler's time until the first screenful is in the table, plus one ``frame_ms``.
-Medians of several.
+``query_ms`` is the same with a query over config keys and a metric (``QUERY``, a few hundred runs at 10,000; the
+parser built beforehand, as pressing ``/`` starts it). Medians of several.
 
 The Retrieval tab (once, in a fresh process of this script: ``--retrieval-images``, CUB-200's 5,924 test images by
 default, 128-d, cached): ``retrieval_tab_s``, from pressing ``6`` on a run's screen as soon as it shows until the tab
@@ -28,7 +29,7 @@ lists the worst queries (what the screen's background import of torch has not fi
 ``retrieval_tab_warm_s``, the median of the same on three more run screens, torch imported.
 
 Targets (issues 7, 14, 17, 18), at 10,000 runs: first paint <= 1.0 s with a warm bytecode cache, and at most 2x
-its 1,000-run figure; idle CPU <= 5 % of one core with 4 live runs; sorting and filtering <= 100 ms;
+its 1,000-run figure; idle CPU <= 5 % of one core with 4 live runs; sorting, filtering and querying <= 100 ms;
 new-run form ready <= 1.0 s with a warm bytecode cache; the Retrieval tab on cached embeddings <= 1.0 s.
 """
 
@@ -55,6 +56,8 @@ from pathlib import Path
 
 from dmltui.store import RunStore
 from dmltui.testing import ended_record, fake_run
+
+QUERY = "config.loss.name = triplet and config.optim.lr < 1e-4 and best.test.e_recall@1 >= 0.59"
 
 
 def populate(home: Path, runs: int, live: int) -> list[subprocess.Popen]:
@@ -192,8 +195,17 @@ async def table_timings(home: Path, columns: int, lines: int) -> dict[str, float
             filters.append(handler_ms(lambda t=text: filter_to(t)))
             while table.pending:
                 await pilot.pause(0.05)
+        from dmltui.query import parser
+
+        parser()
+        queries = []
+        for text in [QUERY, ""] * 3:
+            queries.append(handler_ms(lambda t=text: filter_to(t)))
+            while table.pending:
+                await pilot.pause(0.05)
         figures["sort_ms"] = statistics.median(sorts) + figures["frame_ms"]
         figures["filter_ms"] = statistics.median(filters) + figures["frame_ms"]
+        figures["query_ms"] = statistics.median(queries) + figures["frame_ms"]
     return figures
 
 
@@ -321,12 +333,13 @@ def main() -> None:
     if len(results) > 1:
         small, large = results[0], results[-1]
         figures["growth"] = {key: round(large[key] / small[key], 2) for key in
-                             ("first_paint_s", "first_paint_pyc_s", "idle_cpu_pct", "sort_ms", "filter_ms", "frame_ms")
+                             ("first_paint_s", "first_paint_pyc_s", "idle_cpu_pct", "sort_ms", "filter_ms", "query_ms",
+                              "frame_ms")
                              if small[key]}
         figures["targets_met"] = {"first_paint_pyc_s<=1.0": large["first_paint_pyc_s"] <= 1.0,
                                   "first_paint_growth<=2": figures["growth"]["first_paint_pyc_s"] <= 2,
                                   "idle_cpu_pct<=5": large["idle_cpu_pct"] <= 5, "sort_ms<=100": large["sort_ms"] <= 100,
-                                  "filter_ms<=100": large["filter_ms"] <= 100,
+                                  "filter_ms<=100": large["filter_ms"] <= 100, "query_ms<=100": large["query_ms"] <= 100,
                                   "new_run_ready_pyc_s<=1.0": large["new_run_ready_pyc_s"] <= 1.0,
                                   "retrieval_tab_s<=1.0": figures["retrieval"]["retrieval_tab_s"] <= 1.0}
     if args.json:

@@ -6,20 +6,27 @@ config) and ``best`` = ``{"<split>/<metric>": {"value", "epoch"}}``: the best va
 every scalar metric over the epochs >= 1 and the (first) epoch it was reached
 (``engine.rundir.best_metrics``).
 
-Aggregation follows the paper's ``Result_Evaluations.py`` (reference inventory §11):
-for every run, the maximum over epochs of each test metric separately (each seed's
-best test epoch, per metric; not the last epoch and not the maximum of the mean
-curve), then the mean and the standard deviation of those maxima over the runs of a
-group. The standard deviation is the population one (ddof=0), numpy's default, which
-the paper's script used: three seeds at 0.60, 0.62 and 0.64 give 62.00 ± 1.63.
+Which epoch each run's values come from is a *selection* (``dmltui.selection``): ``val`` (the
+test metrics at the epoch of the best validation value), ``last`` or ``test-max`` (each metric's
+maximum over the test epochs, the paper's protocol). Every row says which (``selection``), and the
+human formats say it in a footnote (LaTeX: a comment).
+
+Aggregation follows the paper's ``Result_Evaluations.py`` (reference inventory §11): every
+run's selected value of each metric (under test-max: each seed's best test epoch, per metric;
+not the maximum of the mean curve), then the mean and the standard deviation of those values
+over the runs of a group. The standard deviation is the population one (ddof=0), numpy's
+default, which the paper's script used: three seeds at 0.60, 0.62 and 0.64 give 62.00 ± 1.63.
 
 Row shapes (plain dicts, JSON-ready):
 
 * :func:`comparison` rows: ``{"id", "name", "state", "dataset", "preset", "seed",
-  "config": {differing key: value}, "metrics": {metric: {"value", "epoch"} | None}}``
+  "config": {differing key: value}, "metrics": {metric: {"value", "epoch"} | None}, "split",
+  "selection", "selected_epoch", "selected_by"}`` (``selected_epoch``: None under test-max;
+  ``selected_by``: ``val/<metric>`` under val)
 * :func:`group_summary` rows: ``{"group", "group_by", "dataset", "n", "runs", "seeds",
   "metrics": {metric: {"n", "mean", "std", "values", "epochs"}}, "best_epoch",
-  "epoch_metric"}`` (``mean``/``std`` are None where no run of the group logged it)
+  "epoch_metric", "split", "selection", "selected_by": [...]}`` (``mean``/``std`` are None where
+  no run of the group logged it; ``best_epoch``: the mean epoch of the first metric's values)
 
 The formatters take either kind of rows. Human formats (table, Markdown, LaTeX) show
 fraction metrics (recalls, NMI, F1, mAP...) x100 with 2 decimals, the paper's style,
@@ -34,16 +41,17 @@ import difflib
 import io
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from dmltui.runs import load_config
+from dmltui.runs import load_config, strip_seed
+from dmltui.selection import choose_selection, describe, run_selection
 from engine.metric_names import display_name
 
 PAPER_METRICS = ("e_recall@1", "e_recall@2", "e_recall@4", "nmi", "f1", "mAP_c")
 GROUP_BUILTINS = ("preset", "name")
-_SEED_SUFFIX = re.compile(r"[-_]s\d+$")
+# config keys that name a run rather than configure it (dmltui.runs.named_for_wandb fills them from the run)
+WANDB_IDENTITY = ("log.name", "log.id", "log.group", "log.tags")
 _MISSING = object()
 
 # metrics that are fractions in [0, 1], shown x100 in human formats
@@ -81,11 +89,12 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_keys(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Sorted dotted config keys whose value is not the same in every run (a key some run lacks differs)."""
+    """Sorted dotted config keys whose value is not the same in every run (a key some run lacks differs), but for
+    the W&B identity dmltui gives each run (:data:`WANDB_IDENTITY`): the run's own name, id, group and tags."""
     flats = [flatten_config(load_config(r)) for r in records]
     if len(flats) < 2:
         return []
-    keys = sorted(set().union(*flats))
+    keys = sorted(set().union(*flats) - set(WANDB_IDENTITY))
     first = flats[0]
     return [k for k in keys if any(not _same(f.get(k, _MISSING), first.get(k, _MISSING)) for f in flats[1:])]
 
@@ -132,23 +141,22 @@ def default_metrics(records: Sequence[dict[str, Any]], split: str = "test") -> l
     return [m for m in PAPER_METRICS if m in logged] or logged
 
 
-def best_entry(record: dict[str, Any], metric: str, split: str = "test") -> dict[str, Any] | None:
-    entry = (record.get("best") or {}).get(f"{split}/{metric}")
-    if not entry or not isinstance(entry.get("value"), (int, float)):
-        return None
-    return {"value": entry["value"], "epoch": entry.get("epoch")}
-
-
 # --------------------------------------------------------------------------- rows
 
 
-def comparison(records: Sequence[dict[str, Any]], metrics: Sequence[str], split: str = "test") -> list[dict[str, Any]]:
-    """One row per run: the config values that differ across the runs and the best value/epoch of each metric."""
+def comparison(records: Sequence[dict[str, Any]], metrics: Sequence[str], split: str = "test",
+               selection: str | None = None) -> list[dict[str, Any]]:
+    """One row per run: the config values that differ across the runs and the selected value/epoch of each metric.
+
+    *selection*: val, last or test-max; None: the default (``dmltui.selection.choose_selection``). Raises
+    MetricNotLogged, and NoValidationSplit for val on runs without a validation split."""
     check_metrics(records, metrics, split)
+    selection, _ = choose_selection(records, selection)
     keys = differing_keys(records)
     rows = []
     for record in records:
         flat = flatten_config(load_config(record))
+        chosen = run_selection(record, selection, split)
         rows.append({
             "id": record.get("id"),
             "name": record.get("name"),
@@ -157,14 +165,13 @@ def comparison(records: Sequence[dict[str, Any]], metrics: Sequence[str], split:
             "preset": record.get("preset"),
             "seed": record.get("seed"),
             "config": {key: flat.get(key) for key in keys},
-            "metrics": {metric: best_entry(record, metric, split) for metric in metrics},
+            "metrics": {metric: chosen.metrics.get(metric) for metric in metrics},
+            "split": split,
+            "selection": selection,
+            "selected_epoch": chosen.epoch,
+            "selected_by": chosen.selected_by,
         })
     return rows
-
-
-def strip_seed(name: str) -> str:
-    """``margin-b06-s3`` / ``margin_s3`` -> ``margin-b06`` / ``margin`` (the paper groups runs by name this way)."""
-    return _SEED_SUFFIX.sub("", name or "")
 
 
 def _value_text(value: Any) -> str:
@@ -238,24 +245,27 @@ def group_runs(records: Sequence[dict[str, Any]], group_by: str = "preset") -> d
 
 
 def group_summary(records: Sequence[dict[str, Any]], group_by: str = "preset", metrics: Sequence[str] | None = None,
-                  split: str = "test", *, include_unfinished: bool = False) -> list[dict[str, Any]]:
-    """Mean and std (ddof=0) over each group's runs of every run's best value, per dataset and group.
+                  split: str = "test", *, include_unfinished: bool = False,
+                  selection: str | None = None) -> list[dict[str, Any]]:
+    """Mean and std (ddof=0) over each group's runs of every run's selected value, per dataset and group.
 
     Groups: ``preset``, ``name`` without its ``-s<seed>``/``_s<seed>`` suffix, or a dotted config key
     (``loss.name``) or run field (``loss``). Only ``finished`` runs unless *include_unfinished*. Per metric,
     ``n`` counts the runs that logged it. ``best_epoch`` is the mean over the runs of the epoch of the
-    first metric's best value.
+    first metric's value. *selection* as for :func:`comparison`, chosen over the runs summarised.
     """
     selected = list(records) if include_unfinished else [r for r in records if r.get("state") == "finished"]
     if not selected:
         return []
     metrics = list(metrics) if metrics else default_metrics(selected, split)
     check_metrics(selected, metrics, split)
+    selection, _ = choose_selection(selected, selection)
     rows = []
     for (dataset, label), runs in group_runs(selected, group_by).items():
+        picked = [run_selection(r, selection, split) for r in runs]
         stats: dict[str, dict[str, Any]] = {}
         for metric in metrics:
-            entries = [e for e in (best_entry(r, metric, split) for r in runs) if e is not None]
+            entries = [e for e in (chosen.metrics.get(metric) for chosen in picked) if e is not None]
             values = [float(e["value"]) for e in entries]
             stats[metric] = {"n": len(values), "mean": _mean(values), "std": _std(values), "values": values,
                              "epochs": [e["epoch"] for e in entries]}
@@ -270,21 +280,36 @@ def group_summary(records: Sequence[dict[str, Any]], group_by: str = "preset", m
             "metrics": stats,
             "best_epoch": _mean(epochs),
             "epoch_metric": metrics[0] if metrics else None,
+            "split": split,
+            "selection": selection,
+            "selected_by": sorted({chosen.selected_by for chosen in picked if chosen.selected_by}),
         })
     return rows
+
+
+def selection_note(rows: Sequence[dict[str, Any]]) -> str:
+    """How the rows' values were chosen (:func:`dmltui.selection.describe`), for a table's footnote; empty without
+    rows."""
+    if not rows:
+        return ""
+    by = [b for row in rows for b in ([row["selected_by"]] if isinstance(row["selected_by"], str)
+                                      else row["selected_by"] or [])]
+    return describe(rows[0]["selection"], rows[0]["split"], by)
 
 
 # --------------------------------------------------------------------------- formatting
 
 
 class TableRows(NamedTuple):
-    """Display cells: ``headers``, ``rows`` (strings), ``bold`` ((row, column) of each best cell) and
-    ``lead`` (how many leading columns are labels; the rest are numbers)."""
+    """Display cells: ``headers``, ``rows`` (strings), ``bold`` ((row, column) of each best cell), ``lead`` (how
+    many leading columns are labels; the rest are numbers) and ``note`` (how the values were selected: the
+    table's footnote)."""
 
     headers: list[str]
     rows: list[list[str]]
     bold: set[tuple[int, int]]
     lead: int
+    note: str
 
 
 def _is_groups(rows: Sequence[dict[str, Any]]) -> bool:
@@ -356,7 +381,8 @@ def _display(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None, labe
         with_dataset = _many_datasets(rows)
         first = metrics[0] if metrics else None
         headers = (["Dataset"] if with_dataset else []) + ["Group", "n"] + [label(m) for m in metrics]
-        headers += [f"Epoch ({label(first)})"] if first else []
+        epoch_of = label(first) if rows[0]["selection"] == "test-max" else rows[0]["selection"]
+        headers += [f"Epoch ({epoch_of})"] if first else []
         lead = 2 if with_dataset else 1
         cells = []
         for row in rows:
@@ -373,12 +399,13 @@ def _display(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None, labe
                   *(_cell(row, m, pm) for m in metrics)] for row in rows]
     first_metric = len(headers) - len(metrics) - (1 if _is_groups(rows) and metrics else 0)
     bold = {(i, first_metric + metrics.index(m)) for i, m in marked}
-    return TableRows(headers, cells, bold, lead)
+    return TableRows(headers, cells, bold, lead, selection_note(rows))
 
 
 def to_table_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None,
                   labels: dict[str, str] | None = None) -> TableRows:
-    """Cells for a terminal table (fractions x100, ``mean ± std``; comparison cells ``value (epoch)``)."""
+    """Cells for a terminal table (fractions x100, ``mean ± std``; comparison cells ``value (epoch)``) and its
+    footnote."""
     return _display(rows, metrics, labels, " ± ")
 
 
@@ -391,6 +418,8 @@ def to_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = 
     for r, line in enumerate(table.rows):
         shown = [f"**{esc(cell)}**" if (r, c) in table.bold else esc(cell) for c, cell in enumerate(line)]
         lines.append("| " + " | ".join(shown) + " |")
+    if table.note:
+        lines += ["", esc(table.note)]
     return "\n".join(lines) + "\n"
 
 
@@ -410,7 +439,8 @@ def to_latex(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = Non
     spec = "l" * table.lead + "c" * (len(table.headers) - table.lead)
     tex = lambda text: latex_escape(text).replace(marker, r" $\pm$ ")  # noqa: E731
     lines = [f"% {latex_escape(caption)}" if caption else "% generated by dmltui",
-             "% fractions x100; groups: mean $\\pm$ std over runs of each run's best epoch (std with ddof=0)",
+             "% fractions x100; groups: mean $\\pm$ std over runs (std with ddof=0)",
+             *([f"% {latex_escape(table.note)}"] if table.note else []),
              f"\\begin{{tabular}}{{{spec}}}", r"\hline",
              " & ".join(tex(h) for h in table.headers) + r" \\", r"\hline"]
     for r, line in enumerate(table.rows):
@@ -421,27 +451,31 @@ def to_latex(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = Non
 
 
 def to_csv(rows: Sequence[dict[str, Any]], metrics: Sequence[str] | None = None) -> str:
-    """Raw values. Groups: dataset, group, n, ``<metric>_mean``, ``_std``, ``_n`` per metric, best_epoch.
-    Runs: id, name, state, dataset, the differing config keys, ``<metric>`` and ``<metric>_epoch``."""
+    """Raw values. Groups: dataset, group, n, ``<metric>_mean``, ``_std``, ``_n`` per metric, best_epoch, selection.
+    Runs: id, name, state, dataset, the differing config keys, ``<metric>`` and ``<metric>_epoch``, selection,
+    selected_epoch."""
     metrics = _metrics_of(rows, metrics)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     blank = lambda v: "" if v is None else v  # noqa: E731
     if _is_groups(rows):
         writer.writerow(["dataset", "group", "n", *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")),
-                         "best_epoch"])
+                         "best_epoch", "selection"])
         for row in rows:
             stats = [row["metrics"].get(m) or {} for m in metrics]
             writer.writerow([row["dataset"], row["group"], row["n"],
-                             *(blank(s.get(k)) for s in stats for k in ("mean", "std", "n")), blank(row.get("best_epoch"))])
+                             *(blank(s.get(k)) for s in stats for k in ("mean", "std", "n")), blank(row.get("best_epoch")),
+                             row["selection"]])
     else:
         keys = list(rows[0]["config"]) if rows else []
-        writer.writerow(["id", "name", "state", "dataset", *keys, *(f"{m}{s}" for m in metrics for s in ("", "_epoch"))])
+        writer.writerow(["id", "name", "state", "dataset", *keys, *(f"{m}{s}" for m in metrics for s in ("", "_epoch")),
+                         "selection", "selected_epoch"])
         for row in rows:
             entries = [row["metrics"].get(m) or {} for m in metrics]
             writer.writerow([row["id"], row["name"], row["state"], blank(row.get("dataset")),
                              *(_value_text(row["config"][k]) if row["config"][k] is not None else "" for k in keys),
-                             *(blank(e.get(k)) for e in entries for k in ("value", "epoch"))])
+                             *(blank(e.get(k)) for e in entries for k in ("value", "epoch")),
+                             row["selection"], blank(row["selected_epoch"])])
     return out.getvalue()
 
 

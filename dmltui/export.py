@@ -33,6 +33,7 @@ from engine.embed import (
     Embeddings,
     EmbedError,
     build_model,
+    checkpoint_choice,
     embed,
     eval_transform,
     input_size,
@@ -192,7 +193,8 @@ def load_index(path: str | os.PathLike):
 
 def search(index_path: str | os.PathLike, images: Sequence[str | os.PathLike], *, k: int = 5,
            device: str | None = "auto") -> list[dict[str, Any]]:
-    """For each image: its k nearest gallery images (rank, path, class, exact Euclidean distance)."""
+    """For each image: its k nearest gallery images (rank, path, class, exact Euclidean distance), and the checkpoint
+    that embedded it (path, epoch, and how a best checkpoint was chosen: ``engine.embed.checkpoint_choice``)."""
     index, meta = load_index(index_path)
     checkpoint = Path(meta["checkpoint"]["path"])
     if not same_checkpoint(meta["checkpoint"]["fingerprint"], checkpoint):
@@ -202,6 +204,7 @@ def search(index_path: str | os.PathLike, images: Sequence[str | os.PathLike], *
     queries = embed(checkpoint, list(images), device=device).vectors
     _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     names = meta["class_names"]
+    used = {"path": str(checkpoint), "epoch": meta["checkpoint"].get("epoch"), "chosen": checkpoint_choice(checkpoint)}
     found = []
     for image, query, row in zip(images, queries, ids, strict=True):
         vectors = np.stack([index.reconstruct(int(i)) for i in row])
@@ -210,5 +213,5 @@ def search(index_path: str | os.PathLike, images: Sequence[str | os.PathLike], *
         found.append({"image": str(image), "neighbours": [
             {"rank": rank, "path": meta["paths"][row[i]], "distance": float(distances[i]),
              "class": names[meta["labels"][row[i]]] if 0 <= meta["labels"][row[i]] < len(names) else None}
-            for rank, i in enumerate(order, start=1)]})
+            for rank, i in enumerate(order, start=1)], "checkpoint": used})
     return found

@@ -26,6 +26,7 @@ from engine.embed import (
     EmbedError,
     Progress,
     cache_path,
+    checkpoint_choice,
     embed,
     read_cache,
     resolve_checkpoint,
@@ -130,6 +131,8 @@ class Inspection:
     def summary(self) -> dict[str, Any]:
         r = self.results
         checkpoint = {key: self.embeddings.checkpoint.get(key) for key in ("name", "path", "epoch")}
+        # a best checkpoint chosen on the test split flatters the split it is inspected on: say which split chose it
+        checkpoint["chosen"] = checkpoint_choice(checkpoint["path"]) if checkpoint["path"] else None
         return {
             "run_dir": str(self.run_dir), "split": self.split, "checkpoint": checkpoint, "images": len(self.embeddings),
             "classes": len(r.classes), "k": r.k, "metric": r.metric, "cached": self.embeddings.cached,

@@ -11,12 +11,18 @@ from dmltui.states import LIVE_STATES, is_final
 from dmltui.store import RunStore
 
 
-def refreshed_runs(store: RunStore | None = None) -> list[dict[str, Any]]:
-    """Every stored run, those whose state can still change re-derived from their run directories, newest first."""
+def refreshed_runs(store: RunStore | None = None, *, where: str | None = None) -> list[dict[str, Any]]:
+    """Every stored run, those whose state can still change re-derived from their run directories, newest first;
+    with *where*, only those that query selects (``dmltui.query``). A bad query raises QueryError before the
+    transaction commits: nothing is written."""
     store = store or run_ops.open_store()
     refresh = run_ops.refresher(run_ops.queue_for(store.peek_live()))  # squeue: asked before the lock
     with store.transaction() as tx:  # one lock: one read, and one write when a run changed
         records = [r if is_final(r) else tx.modify(r["id"], refresh) for r in tx.all()]
+        if where is not None:
+            from dmltui.query import select  # lark: imported by the commands that query
+
+            records = select(records, where)
     return sorted(records, key=lambda r: r["created_at"], reverse=True)
 
 

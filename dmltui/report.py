@@ -3,10 +3,12 @@
 Per dataset, over the finished runs grouped by preset (or name, or a config key):
 
 * ``table_<dataset>.tex`` / ``.md``: R@1, R@2, F1, mAP (= ``mAP_c``, the paper's mAP), NMI as
-  mean ± std over each group's runs of each run's best test epoch (x100; std with ddof=0), and
-  the mean epoch of the best R@1; the best group per column in bold.
+  mean ± std over each group's runs of each run's selected test values (x100; std with ddof=0),
+  and the mean epoch of the R@1 values; the best group per column in bold. The caption names the
+  selection (``dmltui.selection``): under ``test-max``, the paper's protocol, each run's best
+  test epoch per metric.
 * ``recall_vs_rho_<dataset>.png``: group mean R@1 against group mean ρ, where a run's ρ is its
-  **train** ``rho_spectrum@2`` at its best-R@1 test epoch (read from metrics.jsonl), with a
+  **train** ``rho_spectrum@2`` at the epoch of its R@1 value (read from metrics.jsonl), with a
   least-squares line and the Pearson r in the legend.
 * ``metric_correlation_<dataset>.png``: Pearson correlations across groups among R@1, R@2, R@4,
   NMI, F1 and mAP, as an annotated heatmap.
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dmltui.compare import group_runs, group_summary, logged_metrics, to_latex, to_markdown
+from dmltui.selection import choose_selection, run_selection
 from engine.io import atomic_write_bytes, atomic_write_text
 from engine.metric_names import display_name
 from engine.rundir import RunDir
@@ -52,9 +55,11 @@ def safe_name(text: str) -> str:
 
 
 def rho_at_best_epoch(record: dict[str, Any], *, select: str = SELECT_METRIC, split: str = "test",
-                      rho: str = RHO_METRIC, metrics: list[dict[str, Any]] | None = None) -> float | None:
-    """The run's train-split *rho* at the epoch of its best *select* on *split* (None when not logged)."""
-    best = (record.get("best") or {}).get(f"{split}/{select}")
+                      rho: str = RHO_METRIC, metrics: list[dict[str, Any]] | None = None,
+                      selection: str = "test-max") -> float | None:
+    """The run's train-split *rho* at the epoch of its *selection*'s *select* value on *split* (under test-max: its
+    best *select*); None when not logged."""
+    best = run_selection(record, selection, split).metrics.get(select)
     if not best or best.get("epoch") is None:
         return None
     if metrics is None:
@@ -71,16 +76,17 @@ def rho_at_best_epoch(record: dict[str, Any], *, select: str = SELECT_METRIC, sp
 
 
 def rho_points(records: Sequence[dict[str, Any]], group_by: str = "preset", *,
-               include_unfinished: bool = False) -> list[dict[str, Any]]:
-    """Per (dataset, group): mean best R@1 over the group's runs and mean ρ over the runs that logged it.
+               include_unfinished: bool = False, selection: str = "test-max") -> list[dict[str, Any]]:
+    """Per (dataset, group): mean selected R@1 over the group's runs and mean ρ over the runs that logged it.
 
-    Groups with no run that logged train ρ at its best epoch are left out.
+    Groups with no run that logged train ρ at its selected epoch are left out.
     """
-    rows = group_summary(records, group_by, [SELECT_METRIC], include_unfinished=include_unfinished)
+    rows = group_summary(records, group_by, [SELECT_METRIC], include_unfinished=include_unfinished, selection=selection)
     by_id = {r.get("id"): r for r in records}
     points = []
     for row in rows:
-        rhos = [v for v in (rho_at_best_epoch(by_id[run_id]) for run_id in row["runs"]) if v is not None]
+        rhos = [v for v in (rho_at_best_epoch(by_id[run_id], selection=selection) for run_id in row["runs"])
+                if v is not None]
         r1 = row["metrics"][SELECT_METRIC]["mean"]
         if rhos and r1 is not None:
             points.append({"dataset": row["dataset"], "group": row["group"], "r1": r1, "rho": sum(rhos) / len(rhos),
@@ -123,7 +129,7 @@ def rho_figure(points: list[dict[str, Any]], dataset: str, path: Path) -> dict[s
         axes.annotate(point["group"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     xs = np.linspace(rho.min(), rho.max(), 50)
     axes.plot(xs, slope * xs + intercept, "--", color="tab:red", label=f"linear fit, Pearson r = {r:.3f}")
-    axes.set_xlabel(r"$\rho$ (train rho_spectrum@2 at the best R@1 epoch)")
+    axes.set_xlabel(r"$\rho$ (train rho_spectrum@2 at the epoch of each run's R@1)")
     axes.set_ylabel("R@1 (%)")
     axes.set_title(f"{dataset}: R@1 against $\\rho$ (r = {r:.3f}, {len(points)} groups)")
     axes.grid(alpha=0.3)
@@ -163,18 +169,25 @@ def correlation_figure(rows: list[dict[str, Any]], metrics: list[str], dataset: 
 
 
 def build_report(records: Sequence[dict[str, Any]], out_dir: str | Path, group_by: str = "preset", *,
-                 messages: list[str] | None = None, include_unfinished: bool = False) -> list[Path]:
+                 messages: list[str] | None = None, include_unfinished: bool = False,
+                 selection: str | None = None) -> list[Path]:
     """Write the tables, figures and report.json under *out_dir*; returns the written paths.
 
-    Why a table column or a figure was left out is appended to *messages* (one line each).
-    Raises :class:`dmltui.compare.UnknownGroupKey` for a bad *group_by*.
+    Why a table column or a figure was left out is appended to *messages* (one line each). *selection*: one for
+    every run of the report (None: the default over them, ``dmltui.selection.choose_selection``).
+    Raises :class:`dmltui.compare.UnknownGroupKey` for a bad *group_by*, NoValidationSplit for val on runs
+    without a validation split.
     """
     out = Path(out_dir)
     notes = messages if messages is not None else []
     note: Callable[[str], None] = notes.append
     selected = [r for r in records if include_unfinished or r.get("state") == "finished"]
     written: list[Path] = []
-    summary: dict[str, Any] = {"group_by": group_by, "runs": len(selected), "datasets": {}, "messages": notes}
+    selection, fallback = choose_selection(selected, selection)  # before anything is written, as group_by
+    summary: dict[str, Any] = {"group_by": group_by, "runs": len(selected), "datasets": {}, "messages": notes,
+                               "selection": selection}
+    if fallback:
+        note(fallback)
     if not selected:
         note("no finished runs: nothing to report")
     group_runs(selected, group_by)  # validates group_by before anything is written
@@ -192,10 +205,9 @@ def build_report(records: Sequence[dict[str, Any]], out_dir: str | Path, group_b
         if not metrics:
             note(f"{dataset}: none of the table metrics was logged; no table or figures")
             continue
-        rows = group_summary(runs, group_by, metrics, include_unfinished=include_unfinished)
+        rows = group_summary(runs, group_by, metrics, include_unfinished=include_unfinished, selection=selection)
         section["table"] = rows
-        caption = (f"{dataset}: x100, mean ± std (ddof=0) over each group's runs of each run's best test epoch per metric; "
-                   f"grouped by {group_by}")
+        caption = f"{dataset}: x100, mean ± std (ddof=0) over each group's runs; grouped by {group_by}"
         for suffix, text in ((".tex", to_latex(rows, labels=LABELS, caption=caption)),
                              (".md", f"# {dataset}\n\n{caption}.\n\n" + to_markdown(rows, labels=LABELS))):
             path = out / f"table_{stem}{suffix}"
@@ -207,9 +219,9 @@ def build_report(records: Sequence[dict[str, Any]], out_dir: str | Path, group_b
         if SELECT_METRIC not in logged:
             section["rho"] = {"skipped": f"no run logged {SELECT_METRIC}"}
         else:
-            points = rho_points(runs, group_by, include_unfinished=include_unfinished)
+            points = rho_points(runs, group_by, include_unfinished=include_unfinished, selection=selection)
             if len(points) < MIN_GROUPS:
-                section["rho"] = {"skipped": f"{len(points)} group(s) with train {RHO_METRIC} at their best R@1 epoch; "
+                section["rho"] = {"skipped": f"{len(points)} group(s) with train {RHO_METRIC} at their R@1 epoch; "
                                              f"the figure needs {MIN_GROUPS} (log it with eval.train_metrics and "
                                              f"{RHO_METRIC} in eval.metrics)", "points": points}
             elif len({p["rho"] for p in points}) < 2 or len({p["r1"] for p in points}) < 2:
@@ -227,7 +239,8 @@ def build_report(records: Sequence[dict[str, Any]], out_dir: str | Path, group_b
             section["correlation"] = {"skipped": f"only {len(corr_metrics)} of {', '.join(map(label, CORRELATION_METRICS))} "
                                                  "logged; the matrix needs 2"}
         else:
-            corr_rows = [row for row in group_summary(runs, group_by, corr_metrics, include_unfinished=include_unfinished)
+            corr_rows = [row for row in group_summary(runs, group_by, corr_metrics, include_unfinished=include_unfinished,
+                                                      selection=selection)
                          if all(row["metrics"][m]["mean"] is not None for m in corr_metrics)]
             if len(corr_rows) < MIN_GROUPS:
                 section["correlation"] = {"skipped": f"{len(corr_rows)} group(s) with all of "

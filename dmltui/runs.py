@@ -21,6 +21,7 @@ import copy
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -35,15 +36,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmltui import home, states
+from dmltui.config_summary import config_changes
 from dmltui.executors import slurm
 from dmltui.gpus import resolve_request
 from dmltui.states import LIVE_STATES, RESUMABLE_STATES, pid_alive
 from dmltui.store import RunStore, Transaction
 from engine.io import atomic_write_json
-from engine.rundir import RunDir, best_metrics, now_iso
+from engine.rundir import RunDir, best_metrics, last_metrics, now_iso
 
 if TYPE_CHECKING:  # the config modules import pydantic: kept off the read paths (runs list, the TUI's first paint)
     from engine.config.presets import ResolvedConfig
+    from engine.config.schema import Config
 
 MANAGER_FILE = "manager.json"  # the manager's own facts about a run (name, tags, notes), kept in its run dir
 TRASH_DIR = ".trash"  # in the runs folder: a deleted run's directory, renamed there under the lock, deleted after it
@@ -60,6 +63,7 @@ def open_store() -> RunStore:
 
 TAG_MAX = 64
 NAME_MAX = 128
+_SEED_SUFFIX = re.compile(r"[-_]s\d+$")
 
 
 def check_tag(tag: str) -> str:
@@ -77,21 +81,45 @@ def check_name(name: str) -> str:
     return name
 
 
+def strip_seed(name: str) -> str:
+    """``margin-b06-s3`` / ``margin_s3`` -> ``margin-b06`` / ``margin``: the name the runs of one config over seeds
+    share (the paper groups runs by name this way)."""
+    return _SEED_SUFFIX.sub("", name or "")
+
+
 def _shown(text: str) -> str:
     return repr(text if len(text) <= 40 else f"{text[:40]}…") + (f" ({len(text)} characters)" if len(text) > 40 else "")
 
 
+def named_for_wandb(config: Config, run_id: str, name: str, tags: list[str]) -> Config:
+    """*config* with the W&B fields it leaves unset filled from the dmltui run, so that its W&B run (``log.online``)
+    reads as this run: ``log.name`` its name, ``log.id`` its id, ``log.group`` (while the original's default) its name
+    without the seed suffix (the seeds of one config group together), and its tags added to ``log.tags``."""
+    log = config.log
+    fields = type(log).model_fields
+    filled = log.model_copy(update={
+        "name": log.name or name,
+        "id": log.id or run_id,
+        "group": (strip_seed(name) or name) if log.group == fields["group"].default else log.group,
+        "tags": list(dict.fromkeys([*log.tags, *tags])),
+    })
+    return config.model_copy(update={"log": filled})
+
+
 def _make_run_dir(resolved: ResolvedConfig, name: str | None, tags: list[str], runs_root: Path) -> dict[str, Any]:
     """Create one run directory (complete or not at all); returns its store record."""
+    import tomli_w
+
     run_id = new_run_id()
-    config = resolved.config
+    name = name or f"{resolved.preset or 'custom'}-s{resolved.config.run.seed}"
+    config = named_for_wandb(resolved.config, run_id, name, tags)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=runs_root))
     final = runs_root / run_id
-    manager = {"id": run_id, "name": name or f"{resolved.preset or 'custom'}-s{config.run.seed}", "preset": resolved.preset,
+    manager = {"id": run_id, "name": name, "preset": resolved.preset,
                "presets": resolved.chain, "tags": list(tags), "notes": "", "created_at": now_iso()}
     try:
         run_dir = RunDir(staging)
-        run_dir.write_config(resolved.to_toml())
+        run_dir.write_config(tomli_w.dumps(config.to_dict()))
         atomic_write_json(staging / MANAGER_FILE, manager)
         run_dir.update_status(state="queued", created_at=now_iso(), host=socket.gethostname(), epoch=0,
                               epochs=config.optim.epochs, **launcher_fields())
@@ -111,6 +139,8 @@ def _make_run_dir(resolved: ResolvedConfig, name: str | None, tags: list[str], r
         "epoch": 0,
         "epochs": config.optim.epochs,
         "best": {},
+        "last": {},
+        "config_changes": config_changes(config.to_dict()),
         "run_dir": str(final),
         "host": socket.gethostname(),
         "pid": None,
@@ -199,6 +229,7 @@ def summarize(run_dir: str | os.PathLike, jobs: dict[str, slurm.QueuedJob] | Non
     """Store fields derived from a run directory (and, for a run on SLURM, from *jobs*, an squeue answer)."""
     status, derived = observe(run_dir, jobs)
     job = slurm.job_fields(status, jobs) if status.get("executor") == "slurm" else {}
+    metrics = RunDir(run_dir).read_metrics()
     return {
         **job,
         "state": derived.state,
@@ -210,7 +241,8 @@ def summarize(run_dir: str | os.PathLike, jobs: dict[str, slurm.QueuedJob] | Non
         "epochs": status.get("epochs"),
         "error": derived.reason,
         "gpus": status.get("gpus"),
-        "best": best_metrics(RunDir(run_dir).read_metrics()),
+        "best": best_metrics(metrics),
+        "last": last_metrics(metrics),
     }
 
 
@@ -472,9 +504,15 @@ def rerun(record: dict[str, Any], *, name: str | None = None, gpus: str | None =
     from engine.config.presets import ResolvedConfig
     from engine.config.schema import Config
 
-    config = load_config(record)
+    config = copy.deepcopy(load_config(record))
     if not config:
         raise RunError(f"run {record['id']} has no config to rerun: {Path(record['run_dir']) / 'config.toml'} is gone")
+    # W&B's name, id and tags of the run rerun, which dmltui filled in (named_for_wandb): the new run gets its own
+    log = config.get("log", {})
+    for key in ("name", "id"):
+        log.pop(key, None)
+    if "tags" in log:
+        log["tags"] = [tag for tag in log["tags"] if tag not in record.get("tags", [])]
     resolved = ResolvedConfig(config=Config.model_validate(config), chain=record.get("presets", []), sources={},
                               preset=record.get("preset"))
     new = prepare_run(resolved, name=name or record["name"])
@@ -596,7 +634,8 @@ def record_from_run_dir(run_dir: Path, jobs: dict[str, slurm.QueuedJob] | None =
     from engine.config.schema import Config
 
     rd = RunDir(run_dir)
-    config = Config.model_validate(tomllib.loads(rd.config.read_text()))
+    raw_config = tomllib.loads(rd.config.read_text())
+    config = Config.model_validate(raw_config)
     manager_path = run_dir / MANAGER_FILE
     manager = json.loads(manager_path.read_text()) if manager_path.is_file() else {}
     status = rd.read_status()
@@ -612,6 +651,7 @@ def record_from_run_dir(run_dir: Path, jobs: dict[str, slurm.QueuedJob] | None =
         "loss": config.loss.name,
         "miner": config.miner.name,
         "seed": config.run.seed,
+        "config_changes": config_changes(raw_config),  # what config.toml says, as `runs show` prints it
         "run_dir": str(run_dir.resolve()),
         "host": status.get("host") or socket.gethostname(),
         **summarize(run_dir, jobs),

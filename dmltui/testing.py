@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dmltui import runs as run_ops
+from dmltui.config_summary import config_changes, reference
 from dmltui.store import RunStore
 from engine.io import atomic_write_json, atomic_write_text
 
@@ -77,7 +78,8 @@ def fake_run(home: Path, *, name: str, state: str = "finished", epochs: int = 10
                "created_at": created.isoformat()}
     atomic_write_json(run_dir / run_ops.MANAGER_FILE, manager)
     record = {**manager, "dataset": dataset, "loss": loss, "miner": miner, "seed": seed,
-              "run_dir": str(run_dir), "host": socket.gethostname(), **run_ops.summarize(run_dir)}
+              "config_changes": config_changes(config.to_dict()), "run_dir": str(run_dir), "host": socket.gethostname(),
+              **run_ops.summarize(run_dir)}
     if save:
         (store or RunStore(home / "runs.json")).insert(record)
     return record
@@ -91,13 +93,19 @@ def ended_record(i: int, runs: int) -> dict[str, Any]:
     run_id = f"2026{month:02d}{1 + i % 28:02d}-{i % 240000:06d}-{i:04x}"
     best = {f"{split}/{metric}": {"value": 0.5 + (i % 97) / 1000, "epoch": 40 + i % 60}
             for split in ("test", "train") for metric in METRICS}
+    last = {key: entry["value"] - 0.01 for key, entry in best.items()}
+    loss = ["margin", "triplet", "multisimilarity"][i % 3]
+    # a sweep over losses, learning rates and seeds: the summary keeps where each run differs from the reference
+    swept = {"loss.name": loss, "optim.lr": [1e-5, 3e-5, 1e-4, 3e-4][i % 4], "run.seed": i % 5,
+             "log.save_path": "/scratch/runs", "eval.metrics": list(METRICS)}
+    changes = {key: value for key, value in swept.items() if value != reference()[key]}
     return {"id": run_id, "name": f"margin-b12-d-s{i % 5}-{i}", "preset": "margin-b12-d",
             "presets": ["presets/base.toml", "presets/cub200.toml", "presets/margin-b12-d.toml"],
             "tags": ["sweep"] if i % 7 else [], "notes": "", "created_at": f"{day}T09:00:00+00:00", "dataset": "cub200",
-            "loss": ["margin", "triplet", "multisimilarity"][i % 3], "miner": "distance", "seed": i % 5,
+            "loss": loss, "miner": "distance", "seed": i % 5, "config_changes": changes,
             "run_dir": f"/scratch/runs/{run_id}", "host": "gpu-node-3", "state": "finished", "pid": None,
             "started_at": f"{day}T09:01:00+00:00", "ended_at": f"{day}T12:01:00+00:00", "epoch": 150, "epochs": 150,
-            "error": None, "gpus": [0], "best": best}
+            "error": None, "gpus": [0], "best": best, "last": last}
 
 
 def _toml(config: dict[str, Any]) -> str:

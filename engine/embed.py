@@ -111,6 +111,17 @@ def best_checkpoint(run_dir: Path, config) -> Path:
                      f"present: {', '.join(present) or 'none'}")
 
 
+def checkpoint_choice(path: str | os.PathLike) -> dict[str, str] | None:
+    """How the trainer chose a best checkpoint, read from its name ``best_<split>_<metric>.pt``: ``{"split",
+    "metric"}``; None for any other file (``last.pt``, an exported model)."""
+    stem = Path(path).stem
+    for split in ("val", "test"):
+        prefix = f"best_{split}_"
+        if stem.startswith(prefix) and len(stem) > len(prefix):
+            return {"split": split, "metric": stem[len(prefix):]}
+    return None
+
+
 def resolve_checkpoint(source: str | os.PathLike, checkpoint: str | os.PathLike = "best") -> Checkpoint:
     """*source*: a run directory (with config.toml) or a checkpoint file; *checkpoint*: best, last or a file path
     (used when *source* is a run directory). Raises EmbedError."""

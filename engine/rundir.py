@@ -187,3 +187,16 @@ def best_metrics(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if current is None or (value < current["value"] if lower_is_better else value > current["value"]):
                 best[key] = {"value": value, "epoch": record.get("epoch")}
     return best
+
+
+def last_metrics(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The value of every scalar metric per split at the split's last evaluated epoch, under the keys of
+    :func:`best_metrics` (epoch 0 left out likewise). Values only: the store keeps one per metric and run."""
+    last: dict[str, float] = {}
+    for record in records:
+        if record.get("kind") not in ("eval", "train") or not record.get("epoch"):
+            continue
+        for name, value in record.get("metrics", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                last[f"{record.get('split')}/{name}"] = value
+    return last

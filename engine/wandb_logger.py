@@ -1,9 +1,13 @@
-"""Weights & Biases logging (``log.online = true``), named like the original's runs.
+"""Weights & Biases logging (``log.online = true``).
 
-Project and group come from ``log.project`` / ``log.group``; the run is named
-``<group>_s<seed>``. The API key is never read from or written to the config: wandb
-itself takes it from ``WANDB_API_KEY`` or netrc, and ``WANDB_MODE=offline`` works
-without an account (the run is written under ``<run dir>/wandb``).
+Project, group, name, id and tags come from ``log.project``, ``log.group``, ``log.name``,
+``log.id`` and ``log.tags``. Without a name the run is named ``<group>_s<seed>``, as the
+original's were; a run that dmltui launches has its name, id, seedless group and tags
+(``dmltui.runs``), so it reads the same in W&B (LEET, or after ``wandb sync``). With an
+id, a resumed run continues its W&B run. The API key is never read from or written to
+the config: wandb itself takes it from ``WANDB_API_KEY`` or netrc, and
+``WANDB_MODE=offline`` works without an account (the run is written under
+``<run dir>/wandb``).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ class WandbLogger:
         self.run = wandb.init(
             project=config.log.project,
             group=config.log.group,
-            name=f"{config.log.group}_s{config.run.seed}",
+            name=config.log.name or f"{config.log.group}_s{config.run.seed}",
+            id=config.log.id,
+            tags=config.log.tags or None,
             dir=str(run_dir),
             config=config.to_dict(),
             reinit="finish_previous",
+            resume="allow" if config.log.id else None,
         )
 
     def log(self, epoch: int, split: str, metrics: dict[str, Any]) -> None:

@@ -24,6 +24,9 @@ def test_export_everything_and_search_finds_a_gallery_image_at_distance_0(quicks
     assert result.returncode == 0, result.stderr
     written = json.loads(result.stdout)
     assert written["onnx"]["max_abs_difference"] <= 1e-4 and written["torchscript"]["max_abs_difference"] <= 1e-4
+    # the quickstart has no validation split: its best checkpoint was chosen on test, and the export says so
+    assert written["checkpoint"]["name"] == "best" and written["checkpoint"]["path"].endswith("best_test_e_recall@1.pt")
+    assert written["checkpoint"]["chosen"] == {"split": "test", "metric": "e_recall@1"}
     assert sorted(p.name for p in out.iterdir()) == ["gallery.faiss", "gallery.faiss.json", "model.onnx", "model.pt",
                                                      "test.npz"]
 
@@ -58,6 +61,8 @@ def test_export_everything_and_search_finds_a_gallery_image_at_distance_0(quicks
     found = dmltui("search", str(out / "gallery.faiss"), image, "-k", "3", "--device", "cpu", "--json")
     assert found.returncode == 0, found.stderr
     [hit] = json.loads(found.stdout)
+    assert hit["checkpoint"]["chosen"] == {"split": "test", "metric": "e_recall@1"}
+    assert "was chosen on the test split by its best R@1: the run had no validation split" in found.stderr
     first = hit["neighbours"][0]
     assert first["path"] == image and first["distance"] == pytest.approx(0.0, abs=1e-5)
     assert first["class"] == reference.class_names[reference.labels[123]]
@@ -84,6 +89,7 @@ def test_search_refuses_an_index_whose_checkpoint_changed(quickstart_copy, tmp_p
     result = dmltui("export", str(quickstart_copy), "--index", str(index), "--checkpoint", "last", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"index: {index}")
+    assert result.stdout.splitlines()[-1] == f"checkpoint: {quickstart_copy / 'checkpoints' / 'last.pt'}"  # not a best
     image = json.loads(Path(f"{index}.json").read_text())["paths"][0]
     last = quickstart_copy / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=False)

@@ -204,6 +204,7 @@ def test_inspect_cli_json_and_png(quickstart_copy, tmp_path):
     metrics = logged(quickstart_copy, report["checkpoint"]["epoch"])
     assert report["recall_at_1"] == metrics["e_recall@1"] and report["map_at_r"] == metrics["map_at_r"]
     assert report["k"] == 5 and report["images"] == 1560 and report["classes"] == 78 and not report["cached"]
+    assert report["checkpoint"]["chosen"] == {"split": "test", "metric": "e_recall@1"}  # no validation split
     assert len(report["worst_queries"]) == 4 and all(len(q["neighbours"]) == 5 for q in report["worst_queries"])
     assert {"distance", "correct", "class", "path"} <= set(report["worst_queries"][0]["neighbours"][0])
     assert len(report["per_class"]) == 78 and report["confused_pairs"][0]["count"] >= report["confused_pairs"][-1]["count"]
@@ -225,6 +226,8 @@ def test_inspect_cli_by_run_id_with_a_table_and_a_projection(quickstart_copy, tm
                     "--device", "cpu")
     assert result.returncode == 0, result.stderr
     assert "test split, best checkpoint (epoch 2)" in result.stdout and "the 3 worst queries" in result.stdout
+    assert ("best checkpoint chosen on the test split by its best R@1: the run had no validation split, so this is "
+            "model selection on test data, which is optimistic") in " ".join(result.stdout.split())
     assert "most confused pairs" in result.stdout
     assert projection.read_bytes()[:4] == b"\x89PNG"
 

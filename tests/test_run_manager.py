@@ -176,7 +176,15 @@ def test_import_rerun_rm_and_sweep(tiny, tmp_path):
     again = dmltui("runs", "rerun", record["id"], "--gpus", "cpu", "--json")
     assert again.returncode == 0, again.stderr
     new = json.loads(again.stdout)
-    assert new["id"] != record["id"] and show(new["id"])["config"] == show(record["id"])["config"]  # read from the run dirs
+    original, copied = show(record["id"])["config"], show(new["id"])["config"]  # read from the run dirs
+    wandb_keys = ("name", "id", "group", "tags")  # the W&B identity dmltui gives the new run: its own
+
+    def without_wandb_identity(config: dict) -> dict:
+        return {**config, "log": {k: v for k, v in config["log"].items() if k not in wandb_keys}}
+
+    assert new["id"] != record["id"] and without_wandb_identity(copied) == without_wandb_identity(original)
+    assert {key: copied["log"].get(key) for key in wandb_keys} == {"name": "outside", "id": new["id"],
+                                                                   "group": "outside", "tags": []}
     wait_for(lambda: status(new).get("state") == "finished", 120)
 
     declined = subprocess.run([str(Path(sys.executable).with_name("dmltui")), "runs", "rm", record["id"]],

@@ -235,7 +235,7 @@ def test_S_opens_the_study_with_its_trials_best_runs_and_importances(searched):
         assert f"best {lr_value(5e-4, 0.8):.4f} (trial 3)" in header
         values = [f["best"]["test/e_recall@1"]["value"] for f in finals]
         mean, std = sum(values) / 2, abs(values[0] - values[1]) / 2
-        assert f"finalized: test e_recall@1 x100 {100 * mean:.2f} ± {100 * std:.2f} over 2 of 2 seeds" in header
+        assert f"finalized: test e_recall@1 x100 {100 * mean:.2f} ± {100 * std:.2f}, n = 2/2 seeds" in header
         # the cursor starts on the best trial, whose fold runs show beneath
         assert screen.cursor_trial()["number"] == 3
         runs = screen.query_one("#trial-runs")

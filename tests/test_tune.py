@@ -243,8 +243,17 @@ def test_a_study_killed_and_continued_prunes_the_hopeless_and_finalizes_on_test(
         assert lines and all(json.loads(line).get("split") != "test" for line in lines)
         assert "test split left out" in (Path(record["run_dir"]) / "train.log").read_text()
 
+    # finalize trains for the mean over the best trial's folds of the epoch of their best validation MAP@R
+    best_epochs = []
+    for run_id in summary["best"]["runs"]:
+        [record] = [r for r in runs if r["id"] == run_id]
+        curve = [json.loads(line) for line in (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        scores = {e["epoch"]: e["metrics"]["map_at_r"] for e in curve if e["kind"] == "eval" and e["split"] == "val"}
+        best_epochs.append(min(epoch for epoch, score in scores.items() if score == max(scores.values())))
+    epochs = int(sum(best_epochs) / len(best_epochs) + 0.5)
     finalized = dmltui("tune", "finalize", "study1", "--seeds", "0-1", "--json")
     assert finalized.returncode == 0, finalized.stderr
+    assert finalized.stderr.startswith(f"{epochs} epochs: the mean over trial {summary['best']['number']}'s 2 folds")
     final_runs = json.loads(finalized.stdout)
     assert [r["seed"] for r in final_runs] == [0, 1]
     deadline = time.monotonic() + 300
@@ -255,9 +264,11 @@ def test_a_study_killed_and_continued_prunes_the_hopeless_and_finalizes_on_test(
         assert record["state"] == "finished"
         evals = [json.loads(line) for line in (Path(record["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         tests = [e for e in evals if e.get("split") == "test"]
-        assert len(tests) == 1 and tests[0]["epoch"] == 3 and "map_at_r" in tests[0]["metrics"]
+        assert len(tests) == 1 and tests[0]["epoch"] == epochs and "map_at_r" in tests[0]["metrics"]
     status = json.loads(dmltui("tune", "status", "study1", "--json").stdout)
     assert status["final"]["mean"] is not None and len(status["final"]["values"]) == 2
+    assert status["final"]["finished"] == status["final"]["launched"] == 2
+    assert status["final"]["epochs"]["epochs"] == epochs
     again_final = dmltui("tune", "finalize", "study1")
     assert again_final.returncode == 2 and "finalized already" in again_final.stderr
 

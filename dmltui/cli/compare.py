@@ -11,6 +11,7 @@ import typer
 
 from dmltui import compare as cmp
 from dmltui import runs as run_ops
+from dmltui import selection as sel
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
 from dmltui.listing import matches, refreshed_runs
 from dmltui.tune.study import TUNING_TAG
@@ -28,6 +29,21 @@ PresetOption = Annotated[str | None, typer.Option("--preset", help="only runs of
 TagOption = Annotated[str | None, typer.Option("--tag", help="only runs with this tag")]
 DatasetOption = Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")]
 GROUP_HELP = "preset, name (its -s<seed>/_s<seed> suffix removed) or a dotted config key such as loss.name"
+# a plain string, checked by _selection: typer's own error for a bad choice is a box of several lines
+SelectOption = Annotated[str | None, typer.Option(
+    "--select", metavar="val|last|test-max",
+    help="which epoch each run's values come from: val (the test metrics at the epoch of the best validation value), "
+         "last (the last epoch) or test-max (each metric's maximum over the test epochs: the paper's protocol, "
+         "optimistic); default: val where every run logged a validation split, else test-max")]
+
+
+def _selection(records: list[dict], requested: str | None) -> tuple[str, str | None]:
+    """The selection for *records* and the note of a default that fell back to test-max; exit 2 naming the problem
+    when it cannot be made."""
+    try:
+        return sel.choose_selection(records, requested)
+    except (sel.UnknownSelection, sel.NoValidationSplit) as error:
+        fail(f"--select {requested}: {error}", ExitCode.USAGE)
 
 
 def _find(run_id: str) -> dict:
@@ -53,7 +69,8 @@ def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
 
 
 def _print_table(table_rows: cmp.TableRows) -> None:
-    """Numbers right-aligned; piped output is never wrapped or cut to 80 columns (a terminal wraps cells)."""
+    """Numbers right-aligned, the selection as a footnote; piped output is never wrapped or cut to 80 columns (a
+    terminal wraps cells)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Column, Table
@@ -64,7 +81,9 @@ def _print_table(table_rows: cmp.TableRows) -> None:
     for r, line in enumerate(table_rows.rows):
         table.add_row(*(f"[bold]{escape(cell)}[/]" if (r, c) in table_rows.bold else escape(cell)
                         for c, cell in enumerate(line)))
-    (stdout if stdout.is_terminal else Console(width=100_000)).print(table)
+    console = stdout if stdout.is_terminal else Console(width=100_000)
+    console.print(table)
+    console.print(table_rows.note, highlight=False, markup=False)
 
 
 def compare(
@@ -73,6 +92,7 @@ def compare(
     metric: Annotated[list[str] | None, typer.Option("--metric", "-m", help="metric to show (e_recall@1, nmi, mAP_c...); "
                                                      "repeatable; default: the paper's that were logged")] = None,
     split: Annotated[str, typer.Option("--split", help="split of the best values: test, val or train")] = "test",
+    select: SelectOption = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
     all_states: Annotated[bool, typer.Option("--all-states", help="group unfinished runs too (default: finished only)")] = False,
     preset: PresetOption = None,
@@ -81,7 +101,8 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
 ) -> None:
     """Compare runs: the config keys that differ and each run's best metrics (with their epochs); with
-    --group-by, mean ± std over each group's runs of every run's best epoch, as in the paper (std ddof=0)."""
+    --group-by, mean ± std over each group's runs of every run's best values (std ddof=0). --select says which
+    epoch "best" is; the table's footnote says which it was."""
     if as_json:
         fmt = Format.json
     if not run_ids and not group_by:
@@ -103,11 +124,14 @@ def compare(
         splits = cmp.logged_splits(records)
         fail(f"these runs logged no metric on split {split!r}; splits with metrics: {', '.join(splits) or 'none'}",
              ExitCode.USAGE)
+    selection, note = _selection(records, select)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     try:
         if group_by:
-            rows = cmp.group_summary(records, group_by, metrics, split, include_unfinished=True)
+            rows = cmp.group_summary(records, group_by, metrics, split, include_unfinished=True, selection=selection)
         else:
-            rows = cmp.comparison(records, metrics, split)
+            rows = cmp.comparison(records, metrics, split, selection)
     except (cmp.MetricNotLogged, cmp.UnknownGroupKey) as error:
         fail(str(error), ExitCode.USAGE)
     if fmt is Format.table:
@@ -125,28 +149,31 @@ def compare(
 def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the tables and figures")] = Path("dmltui-report"),
     group_by: Annotated[str, typer.Option("--group-by", help=GROUP_HELP)] = "preset",
+    select: SelectOption = None,
     preset: PresetOption = None,
     tag: TagOption = None,
     dataset: DatasetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """The paper's Result_Evaluations from the finished runs: per-dataset LaTeX and Markdown tables (R@1, R@2,
-    F1, mAP, NMI, best epoch), R@1 against rho and the metric correlation matrix (PNG)."""
+    F1, mAP, NMI, best epoch), R@1 against rho and the metric correlation matrix (PNG). --select test-max is the
+    paper's protocol (for comparison with published numbers); each table's caption names its selection."""
     from dmltui.report import build_report  # deferred: matplotlib
 
     records = _select(None, preset, tag, dataset)
     finished = [r for r in records if r.get("state") == "finished"]
     if not finished:
         fail(f"no finished runs to report on ({len(records)} matching run(s), none finished)", ExitCode.NOT_FOUND)
+    selection, _ = _selection(finished, select)  # refused before anything is written; the note is one of messages
     messages: list[str] = []
     try:
-        paths = build_report(finished, out, group_by, messages=messages)
+        paths = build_report(finished, out, group_by, messages=messages, selection=select)
     except cmp.UnknownGroupKey as error:
         fail(str(error), ExitCode.USAGE)
     for message in messages:
         print(f"note: {message}", file=sys.stderr)
     if as_json:
-        print_json({"out": str(out), "files": [str(p) for p in paths], "skipped": messages})
+        print_json({"out": str(out), "files": [str(p) for p in paths], "skipped": messages, "selection": selection})
         return
     for path in paths:
         sys.stdout.write(f"{path}\n")

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from dmltui.cli.common import ExitCode, fail, print_json, stdout
+from dmltui.selection import checkpoint_note
 
 
 class Split(StrEnum):
@@ -142,6 +143,9 @@ def _print_report(found, worst: int) -> None:
     stdout.print(f"{summary['split']} split, {checkpoint['name']} checkpoint (epoch {checkpoint['epoch']}): "
                  f"{summary['images']} images, {summary['classes']} classes · R@1 {summary['recall_at_1']:.4f} · "
                  f"MAP@R {map_at_r}" + (" · cached embeddings" if summary["cached"] else ""), highlight=False)
+    note = checkpoint_note(checkpoint["chosen"])
+    if note:
+        stdout.print(f"{checkpoint['name']} checkpoint {note}", highlight=False)
     table = Table("query", "class", "AP", "first hit", f"top {min(found.results.k, 5)} (✓ same class, ✗ other)",
                   title=f"the {worst} worst queries", box=None, pad_edge=False, title_justify="left")
     for query in found.worst_queries(worst):
@@ -181,7 +185,7 @@ def export(
     _output_path(index, "--index", (".faiss",))
     run_dir = _run_dir(run)
     from dmltui import export as export_ops
-    from engine.embed import EmbedError, embed, resolve_checkpoint
+    from engine.embed import EmbedError, checkpoint_choice, embed, resolve_checkpoint
 
     written: dict[str, Any] = {}
     try:
@@ -201,13 +205,16 @@ def export(
         _embed_failed(error)
     except export_ops.ExportError as error:
         fail(str(error), ExitCode.FAILED)
+    chosen = checkpoint_choice(ckpt.path)
     if as_json:
-        print_json(written)
+        print_json({**written, "checkpoint": {"name": ckpt.name, "path": str(ckpt.path), "chosen": chosen}})
         return
     for kind, info in written.items():  # plain lines: paths are never wrapped
         extra = (f" (max |Δ| from torch on {info['batch']} test images: {info['max_abs_difference']:.1e})"
                  if "max_abs_difference" in info else "")
         print(f"{kind}: {info['path']}{extra}")
+    note = checkpoint_note(chosen)
+    print(f"checkpoint: {ckpt.path}" + (f", {note}" if note else ""))
 
 
 def search(
@@ -233,6 +240,9 @@ def search(
         _embed_failed(error)
     except export_ops.ExportError as error:
         fail(str(error), ExitCode.FAILED)
+    note = checkpoint_note(found[0]["checkpoint"]["chosen"]) if found else None
+    if note:  # on stderr: stdout keeps one block of lines per image
+        print(f"note: the index's checkpoint {found[0]['checkpoint']['path']} was {note}", file=sys.stderr)
     if as_json:
         print_json(found)
         return

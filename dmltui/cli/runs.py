@@ -39,15 +39,16 @@ def list_runs(
     tag: Annotated[str | None, typer.Option("--tag", help="only runs with this tag")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")] = None,
     text: Annotated[str | None, typer.Option("--text", help="words that must all appear in the id, name, preset, dataset, loss, miner, tags or notes")] = None,
+    where: Annotated[str | None, typer.Option("--where", help="a query over run fields, config.KEY, best.SPLIT.METRIC and last.SPLIT.METRIC, e.g. 'state = finished and config.loss.name in (margin, triplet) and best.test.e_recall@1 >= 0.6' (README: the query language)")] = None,
     sort: Annotated[str, typer.Option("--sort", help="a run field (created_at, name, state...) or a metric (e_recall@1)")] = "created_at",
     ascending: Annotated[bool, typer.Option("--asc", help="ascending order")] = False,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N runs (after filtering and sorting)")] = None,
     fields: Annotated[str | None, typer.Option("--fields", help="with --json: only these fields of each run, comma-separated (e.g. id,state,best)")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List recorded runs with their state reconciled from the run directories."""
+    """List recorded runs with their state reconciled from the run directories; every filter given must pass."""
     wanted = _fields(fields) if fields else None
-    records = [r for r in refreshed_runs() if matches(r, states=state, preset=preset, tag=tag, dataset=dataset, text=text)]
+    records = [r for r in _queried_runs(where) if matches(r, states=state, preset=preset, tag=tag, dataset=dataset, text=text)]
     records = sort_runs(records, sort, descending=not ascending)[:limit]
     if as_json:
         print_json([{key: r.get(key) for key in wanted} for r in records] if wanted else records)
@@ -89,8 +90,20 @@ def show(run_id: IdArgument, as_json: JsonOption = False) -> None:
 
 
 RECORD_FIELDS = ("id", "name", "state", "preset", "presets", "dataset", "loss", "miner", "seed", "tags", "notes", "created_at",
-                 "started_at", "ended_at", "epoch", "epochs", "best", "error", "gpus", "run_dir", "host", "pid", "executor",
-                 "slurm_job_id", "slurm_state", "slurm_reason", "slurm_node")
+                 "started_at", "ended_at", "epoch", "epochs", "best", "last", "config_changes", "error", "gpus", "run_dir",
+                 "host", "pid", "executor", "slurm_job_id", "slurm_state", "slurm_reason", "slurm_node")
+
+
+def _queried_runs(where: str | None) -> list[dict]:
+    """The refreshed runs that --where selects (all without it); exit 2 with one line for a bad query."""
+    if where is None:
+        return refreshed_runs()
+    from dmltui.query import QueryError
+
+    try:
+        return refreshed_runs(where=where)
+    except QueryError as error:
+        fail(f"--where: {error}", ExitCode.USAGE)
 
 
 def _fields(text: str) -> list[str]:

@@ -167,9 +167,9 @@ def _print_summary(summary: dict[str, Any], final: dict[str, Any] | None) -> Non
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         stdout.print(f"best: trial {best['number']}, {spec['metric']} {best['value']:.4f} ({params})", highlight=False)
     if final:
-        shown = (f"{100 * final['mean']:.2f} ± {100 * final['std']:.2f}" if final["mean"] is not None else "not yet")
-        stdout.print(f"finalized: test {final['metric']} x100 {shown} over {len(final['values'])} of {len(final['runs'])} "
-                     "seeds", highlight=False)
+        from dmltui.tune.study import final_text
+
+        stdout.print(final_text(final), highlight=False)
     table = Table("trial", "state", "value", *[p.partition("=")[0] for p in spec["space"]], box=None, pad_edge=False)
     for row in summary["trials"]:
         value = f"{row['value']:.4f}" if row["value"] is not None else "-"
@@ -183,14 +183,16 @@ def _print_summary(summary: dict[str, Any], final: dict[str, Any] | None) -> Non
 def finalize(
     name: Annotated[str, typer.Argument(help="the study")],
     seeds: Annotated[str, typer.Option("--seeds", help="seeds like 0-4 or 0,3,7")] = "0-4",
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="epochs of the final runs (default: the config's)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="epochs of the final runs (default: the mean "
+                                               "over the best trial's folds of the epoch of their best validation value)")] = None,
     gpus: Annotated[str | None, typer.Option("--gpus", help="as for dmltui run")] = None,
     on: OnOption = "local",
     slurm: SlurmOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the started runs as JSON")] = False,
 ) -> None:
-    """Train the best trial's config on all the training classes once per seed; the test split is evaluated once per
-    run, after its last epoch. `tune status` and `dmltui report` show the result as mean ± std."""
+    """Train the best trial's config on all the training classes once per seed, for the mean over the best trial's
+    folds of the epoch of their best validation value (or --epochs); the test split is evaluated once per run, after
+    its last epoch. `tune status` and `dmltui report` show the result as mean ± std."""
     from dmltui.executors.slurm import SlurmError
     from dmltui.tune.study import StudyError
     from dmltui.tune.tuner import finalize as finalize_study
@@ -198,7 +200,7 @@ def finalize(
 
     target = _target(on, slurm, gpus, 1)
     try:
-        records = finalize_study(name, seeds, target, epochs=epochs)
+        records, chosen = finalize_study(name, seeds, target, epochs=epochs)
     except ConfigError as error:
         fail(error.lines, ExitCode.USAGE)
     except StudyError as error:
@@ -207,6 +209,7 @@ def finalize(
         fail(f"--seeds {error}", ExitCode.USAGE)
     except SlurmError as error:
         fail(str(error), ExitCode.FAILED)
+    print(f"{chosen['epochs']} epochs: {chosen['rule']}", file=sys.stderr if as_json else sys.stdout)
     if as_json:
         print_json(records)
     else:

@@ -1,8 +1,8 @@
 """What the compare screen shows, as plain functions over store records and metrics.jsonl rows (no Textual).
 
-The numbers come from ``dmltui.compare``, the same functions as ``dmltui compare``: the differing
-config keys, the best value (and epoch) of each metric, mean ± std by group, and the CSV,
-Markdown and LaTeX exports. The screen shows the runs table transposed (a column per run),
+The numbers come from ``dmltui compare``'s functions (``dmltui.compare``): the differing config keys,
+the best value (and epoch) of each metric under the screen's selection (``dmltui.selection``: val,
+last or test-max), mean ± std by group, and the CSV, Markdown and LaTeX exports. The screen shows the runs table transposed (a column per run),
 which fits a few runs in 80 columns; the exports have the CLI's shape (a row per run).
 """
 
@@ -60,11 +60,12 @@ class TransposedRow:
 
 
 def runs_table(records: Sequence[dict[str, Any]], metrics: Sequence[str], split: str,
-               lasts: dict[str, dict[str, dict | None]]) -> list[TransposedRow]:
-    """A row per differing config key, then the best (``comparison``) and the last value of every metric, a column per run.
+               lasts: dict[str, dict[str, dict | None]], selection: str | None = None) -> list[TransposedRow]:
+    """A row per differing config key, then the best (``comparison`` under *selection*) and the last value of every
+    metric, a column per run.
 
     *lasts* maps run id -> ``last_metrics`` of its metrics.jsonl rows."""
-    rows = cmp.comparison(records, metrics, split)
+    rows = cmp.comparison(records, metrics, split, selection)
     table = cmp.to_table_rows(rows, metrics, labels={m: f"best {display_name(m)}" for m in metrics})
     column = {header: c for c, header in enumerate(table.headers)}
     out = [TransposedRow("state", [r["state"] or "-" for r in rows], set()),
@@ -89,11 +90,12 @@ def group_choices(records: Sequence[dict[str, Any]]) -> list[str]:
     return [*cmp.GROUP_BUILTINS, *(k for k in cmp.differing_keys(records) if k not in cmp.GROUP_BUILTINS)]
 
 
-def group_rows(records: Sequence[dict[str, Any]], group_by: str, metrics: Sequence[str], split: str) -> list[dict[str, Any]]:
+def group_rows(records: Sequence[dict[str, Any]], group_by: str, metrics: Sequence[str], split: str,
+               selection: str | None = None) -> list[dict[str, Any]]:
     """``group_summary`` over every run shown, finished or not (the screen says how many are unfinished)."""
     if not records:
         return []
-    return cmp.group_summary(records, group_by, list(metrics), split, include_unfinished=True)
+    return cmp.group_summary(records, group_by, list(metrics), split, include_unfinished=True, selection=selection)
 
 
 def curve_choices(metrics: Sequence[str], split: str) -> list[str]:

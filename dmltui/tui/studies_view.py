@@ -99,12 +99,6 @@ def counts_line(summary: dict[str, Any]) -> str:
             f"{counts['running']} running, {counts['fail']} failed")
 
 
-def final_line(final: dict[str, Any]) -> str:
-    """The finalized result as ``tune status`` says it: the test metric x100, mean ± std over the seeds."""
-    shown = f"{100 * final['mean']:.2f} ± {100 * final['std']:.2f}" if final["mean"] is not None else "not yet"
-    return f"finalized: test {final['metric']} x100 {shown} over {len(final['values'])} of {len(final['runs'])} seeds"
-
-
 def header_text(summary: dict[str, Any], final: dict[str, Any] | None) -> Text:
     """What the study searches, its trials by state and the best, and the finalized result when there is one."""
     text = Text(spec_line(summary["spec"]), style="dim")
@@ -116,7 +110,7 @@ def header_text(summary: dict[str, Any], final: dict[str, Any] | None) -> Text:
         text.append(f" (trial {best['number']})")
     if final:
         text.append("\n")
-        text.append(final_line(final), style="bold")
+        text.append(studies.final_text(final), style="bold")
     return text
 
 

@@ -21,6 +21,7 @@ from engine.io import atomic_write_bytes
 
 SPEC_ATTR = "dmltui_spec"
 FINAL_ATTR = "final_runs"
+FINAL_EPOCHS_ATTR = "final_epochs"  # {"epochs", "rule"}: how many epochs the finalized runs train, and why
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TUNING_TAG = "tuning"  # every fold run of a search; they have no test metrics, and tables of test results skip them
 
@@ -137,7 +138,7 @@ def _trial_row(trial) -> dict[str, Any]:
 
 def summarize(study) -> dict[str, Any]:
     """Everything ``tune status`` and the Studies view show: the spec, one row per trial, counts, the best trial, the
-    best value after each trial (the best-so-far curve) and the finalized runs' ids."""
+    best value after each trial (the best-so-far curve), the finalized runs' ids and their epoch count with its rule."""
     spec = spec_of(study)
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     counts = {state: sum(t["state"] == state for t in trials) for state in ("complete", "pruned", "running", "fail")}
@@ -155,6 +156,7 @@ def summarize(study) -> dict[str, Any]:
         "best": best,
         "best_so_far": best_so_far,
         "final_runs": study.user_attrs.get(FINAL_ATTR, []),
+        "final_epochs": study.user_attrs.get(FINAL_EPOCHS_ATTR),
     }
 
 
@@ -198,17 +200,37 @@ def refresh_summary(study) -> dict[str, Any]:
 
 
 def final_results(summary: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Mean ± std (ddof=0) over the finalized runs of their test value of the study's metric, or None before
-    finalize. *records*: the store's records of ``summary['final_runs']``."""
+    """Mean ± std (ddof=0) over the finished finalized runs of their test value of the study's metric, or None
+    before finalize. *records*: the store's records of ``summary['final_runs']``. ``finished`` of ``launched``
+    seeds count: a crashed or still running seed is counted out, never silently dropped."""
     if not summary["final_runs"]:
         return None
     metric = summary["spec"]["metric"]
-    values = [r["best"][f"test/{metric}"]["value"] for r in records if f"test/{metric}" in (r.get("best") or {})]
+    finished = [r for r in records if r.get("state") == "finished" and f"test/{metric}" in (r.get("best") or {})]
+    values = [r["best"][f"test/{metric}"]["value"] for r in finished]
     return {
         "runs": summary["final_runs"],
         "states": {r["id"]: r.get("state") for r in records},
         "metric": metric,
         "values": values,
+        "finished": len(finished),
+        "launched": len(summary["final_runs"]),
+        "epochs": summary.get("final_epochs"),
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.pstdev(values) if values else None,
     }
+
+
+def final_text(final: dict[str, Any]) -> str:
+    """The finalized result in one line, as ``tune status`` and the Studies view show it: the test metric x100 as
+    mean ± std over the finished seeds, ``n = finished/launched`` with the others' states, and the epoch rule."""
+    shown = f"{100 * final['mean']:.2f} ± {100 * final['std']:.2f}" if final["mean"] is not None else "not yet"
+    others: dict[str, int] = {}
+    for run_id in final["runs"]:
+        state = final["states"].get(run_id, "removed from the store")
+        if state != "finished":
+            others[state] = others.get(state, 0) + 1
+    text = f"finalized: test {final['metric']} x100 {shown}, n = {final['finished']}/{final['launched']} seeds"
+    text += f" ({', '.join(f'{count} {state}' for state, count in others.items())})" if others else ""
+    epochs = final.get("epochs")
+    return text + (f"; {epochs['epochs']} epochs: {epochs['rule']}" if epochs else "")

@@ -15,6 +15,7 @@ configuration on all the training classes with several seeds and evaluates the t
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -404,9 +405,36 @@ def tune(spec: StudySpec, target: Target, *, continuing: bool = False, poll_seco
 # ------------------------------------------------------------------------------------------- finalize
 
 
-def finalize(name: str, seeds: str, target: Target, *, epochs: int | None = None) -> list[dict[str, Any]]:
+def searched_epochs(trial, metric: str) -> tuple[int | None, str]:
+    """The epoch count the search selected for *trial*: the mean over its fold runs of the epoch of each one's best
+    validation *metric* (the earliest on ties), rounded half up, with the rule in words; (None, why not) when a fold
+    run or its validation curve is gone."""
+    run_ids = trial.user_attrs.get("runs", [])
+    if not run_ids:
+        return None, f"trial {trial.number} records no fold runs"
+    store = run_ops.open_store()
+    best_epochs = []
+    for run_id in run_ids:
+        record = store.get(run_id)
+        if record is None:
+            return None, f"fold run {run_id} of trial {trial.number} is no longer in the store"
+        curve = validation_curve(record, metric)
+        if not curve:
+            return None, f"fold run {run_id} of trial {trial.number} has no validation {metric} in its metrics.jsonl"
+        best_epochs.append(max(sorted(curve), key=curve.__getitem__))
+    mean = statistics.fmean(best_epochs)
+    return max(1, math.floor(mean + 0.5)), (f"the mean over trial {trial.number}'s {len(best_epochs)} folds of the "
+                                            f"epoch of their best validation {metric} "
+                                            f"({', '.join(map(str, best_epochs))}: mean {mean:g})")
+
+
+def finalize(name: str, seeds: str, target: Target, *,
+             epochs: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train the best trial's configuration on all the training classes, one run per seed, evaluating the test split
-    once (after the last epoch); the study records the runs. Their test results are the study's result."""
+    once (after the last epoch); the study records the runs. Their test results are the study's result.
+
+    They train for the epoch count the search selected (:func:`searched_epochs`), *epochs* when given, else (a fold
+    run is gone) the config's. Returns the runs' records and ``{"epochs", "rule"}``."""
     study = studies.load(name)
     spec = studies.spec_of(study)
     if study.user_attrs.get(studies.FINAL_ATTR):
@@ -415,14 +443,21 @@ def finalize(name: str, seeds: str, target: Target, *, epochs: int | None = None
         best = study.best_trial
     except ValueError:
         raise StudyError(f"study {name!r} has no completed trial yet: nothing to finalize") from None
-    base = _resolve(spec, spaces.overrides_for(best.params))
-    epochs = epochs or base.config.optim.epochs
+    if epochs is not None:
+        rule = "given with --epochs"
+    else:
+        epochs, rule = searched_epochs(best, spec.metric)
+        if epochs is None:
+            epochs, rule = _resolve(spec, spaces.overrides_for(best.params)).config.optim.epochs, \
+                f"the config's optim.epochs, as {rule}"
+    chosen = {"epochs": epochs, "rule": rule}
     overrides = [*spec.overrides, *spaces.overrides_for(best.params), "data.folds=0", "data.use_tv_split=false",
                  "eval.test=true", f"optim.epochs={epochs}", f"eval.every={epochs}", "eval.at_start=false"]
     tags = [f"study:{name}", f"tuned:{len(study.trials)}"]
     planned, _ = launching.plan_runs(spec.presets, overrides, seeds=seeds, name=f"{spec.presets[0]}-tuned-{name}", tags=tags)
     records = launching.start_runs(planned, gpus=target.gpus, slurm_settings=target.slurm)
     study.set_user_attr(studies.FINAL_ATTR, [r["id"] for r in records])
+    study.set_user_attr(studies.FINAL_EPOCHS_ATTR, chosen)
     study.set_user_attr("final_trial", best.number)
     studies.refresh_summary(study)
-    return records
+    return records, chosen

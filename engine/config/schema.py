@@ -476,6 +476,14 @@ class LogConfig(Section):
     online: bool = Field(False, description="Log to Weights & Biases (key from WANDB_API_KEY or netrc, never stored).")
     project: str = Field("Sample_Project", description="W&B project.")
     group: str = Field("Sample_Group", description="W&B group; also the stem of the run name.")
+    name: str | None = Field(
+        None, description="W&B run name; default <group>_s<seed> (the original's). dmltui sets it to its run's name."
+    )
+    id: str | None = Field(
+        None, description="W&B run id (a run resumed with the same id continues its W&B run); default: a new one. "
+        "dmltui sets it to its run's id."
+    )
+    tags: list[str] = Field(default_factory=list, description="W&B tags; dmltui adds its run's tags.")
     savename: str = Field(
         "group_plus_seed", description="Run folder name; 'group_plus_seed' gives <group>_s<seed> online, a timestamp otherwise."
     )

@@ -1,5 +1,8 @@
 """The compare screen: the config keys that differ, best and last metrics, mean ± std by group, overlaid curves.
 
+"Best" is the screen's selection (``dmltui.selection``): the default rule of ``dmltui compare``, and ``s`` steps
+through the others the runs allow; the summary line names it.
+
 The numbers are ``dmltui compare``'s (``dmltui.compare``); the export writes the same CSV, Markdown
 or LaTeX as ``dmltui compare ... --format``. The runs' metrics.jsonl files are read in a worker
 thread, and again (only appended bytes) when a compared run that is still live changes.
@@ -21,6 +24,7 @@ from textual.widgets.option_list import Option
 from textual_plotext import PlotextPlot
 
 from dmltui import compare as cmp
+from dmltui import selection as sel
 from dmltui.states import LIVE_STATES
 from dmltui.tui.compare_view import (
     EXPORT_FORMATS,
@@ -108,6 +112,8 @@ class CompareScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back", tooltip="Back to the runs"),
         *tab_bindings(TABS),
+        Binding("s", "next_selection", "Selection",
+                tooltip="Best values: the next selection (val, last or test-max: which epoch each run's values come from)"),
         Binding("g", "next_group", "Group by", tooltip="Groups: group by the next key (preset, name, a differing config key)"),
         Binding("m", "next_metric", "Metric", tooltip="Curves: show the next metric"),
         Binding("e", "export", "Export", tooltip="Write the runs (or groups) table to a CSV, Markdown or LaTeX file"),
@@ -118,6 +124,7 @@ class CompareScreen(Screen):
         self.run_ids = list(dict.fromkeys(run_ids))
         self.records: list[dict[str, Any]] = []
         self.split = "test"
+        self.selection = "test-max"
         self.metrics: list[str] = []
         self.group_by = "preset"
         self.curve_key: str | None = None
@@ -142,6 +149,7 @@ class CompareScreen(Screen):
         self.records = [r for r in (self.app.run_record(run_id) for run_id in self.run_ids) if r is not None]
         self.sub_title = f"comparing {len(self.records)} runs"
         self.split = compare_split(self.records)
+        self.selection, _ = sel.choose_selection(self.records)
         self.metrics = cmp.default_metrics(self.records, self.split)
         self.curve_key = curve_choices(self.metrics, self.split)[0]
         self.files = CompareFiles(self.records)
@@ -158,6 +166,8 @@ class CompareScreen(Screen):
         if records == self.records:  # another run changed
             return
         self.records = records
+        if self.selection not in sel.selection_choices(records):  # a run without a validation split came in
+            self.selection, _ = sel.choose_selection(records)
         self._update_summary()
         self.redraw()
         if was_live:
@@ -190,7 +200,8 @@ class CompareScreen(Screen):
     # --------------------------------------------------------------------------- drawing
     def _update_summary(self) -> None:
         unfinished = sum(r["state"] != "finished" for r in self.records)
-        parts = [f"{len(self.records)} runs", f"{self.split} split", "fractions x100", "(epoch)", "bold: best"]
+        parts = [f"{len(self.records)} runs", self.split, f"{sel.SHORT_LABELS[self.selection]} (s)", "x100 (epoch)",
+                 "bold: best"]
         if unfinished:
             parts.insert(1, f"{unfinished} not finished")
         missing = len(self.run_ids) - len(self.records)
@@ -208,7 +219,8 @@ class CompareScreen(Screen):
         cursor = table.cursor_row
         table.clear(columns=True)
         labels = run_labels(self.records)
-        rows = runs_table(self.records, self.metrics, self.split, lasts_of(self.rows_by_run, self.metrics, self.split))
+        rows = runs_table(self.records, self.metrics, self.split, lasts_of(self.rows_by_run, self.metrics, self.split),
+                          self.selection)
         # widths from the content itself, set up front: the table needs no measuring pass before it reads right
         table.add_column("", key="label", width=max((len(row.label) for row in rows), default=0))
         for c, record in enumerate(self.records):
@@ -226,7 +238,7 @@ class CompareScreen(Screen):
         table = self.query_one("#compare-groups", DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)
-        rows = group_rows(self.records, self.group_by, self.metrics, self.split)
+        rows = group_rows(self.records, self.group_by, self.metrics, self.split, self.selection)
         shown = cmp.to_table_rows(rows, self.metrics)
         for c, header in enumerate(shown.headers):
             table.add_column(Text(header, justify="right" if c >= shown.lead else "left"), key=str(c))
@@ -236,7 +248,8 @@ class CompareScreen(Screen):
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1), column=0, animate=False)
         unfinished = sum(r["state"] != "finished" for r in self.records)
-        note = f"by [b]{escape(self.group_by)}[/b] (g: next) · mean ± std (ddof=0) of the runs' best values"
+        note = f"by [b]{escape(self.group_by)}[/b] (g: next) · mean ± std (ddof=0)"
+        note += f" · {escape(shown.note)}" if shown.note else ""
         if unfinished:
             note += f" · includes {unfinished} unfinished"
         self.query_one("#groups-note", Static).update(note)
@@ -274,6 +287,14 @@ class CompareScreen(Screen):
             return active == "curves"
         return True
 
+    def action_next_selection(self) -> None:
+        choices = sel.selection_choices(self.records)
+        index = choices.index(self.selection) if self.selection in choices else -1
+        self.selection = choices[(index + 1) % len(choices)]
+        self._update_summary()
+        self._draw_runs()
+        self._draw_groups()
+
     def action_next_group(self) -> None:
         choices = group_choices(self.records)
         index = choices.index(self.group_by) if self.group_by in choices else -1
@@ -289,8 +310,9 @@ class CompareScreen(Screen):
     def export_rows(self) -> tuple[str, list[dict[str, Any]]]:
         """What the export writes: the groups table on the Groups tab, else the runs table (a row per run)."""
         if self.query_one(TabbedContent).active == "groups":
-            return (f"the groups (by {self.group_by})", group_rows(self.records, self.group_by, self.metrics, self.split))
-        return f"the {len(self.records)} runs", cmp.comparison(self.records, self.metrics, self.split)
+            return (f"the groups (by {self.group_by})",
+                    group_rows(self.records, self.group_by, self.metrics, self.split, self.selection))
+        return f"the {len(self.records)} runs", cmp.comparison(self.records, self.metrics, self.split, self.selection)
 
     def action_export(self) -> None:
         what, rows = self.export_rows()

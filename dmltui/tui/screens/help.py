@@ -12,8 +12,11 @@ from textual.widgets import Static
 GENERAL = """\
 Runs are detached processes: quitting dmltui never stops them, and they survive a dropped SSH session.
 Every action is also in the command palette (ctrl+p). The mouse works but is never needed.
-Filter syntax on the runs screen: words must all appear in the id, name, preset, dataset, loss, miner, tags
-or notes; state:running (state:failed,crashed), tag:NAME, dataset:cub200 and preset:NAME narrow further."""
+Filter syntax on the runs screen: words must all appear in the id, name, preset, dataset, loss, miner, tags \
+or notes; state:running (state:failed,crashed), tag:NAME, dataset:cub200 and preset:NAME narrow further.
+A filter that starts with FIELD OPERATOR, not or ( is a query, as `runs list --where` takes: run fields (state, \
+name, tags...), config.KEY, best.SPLIT.METRIC and last.SPLIT.METRIC; = != < <= > >= ~ (glob) in (a, b) has; and, \
+or, not, parentheses. For example: state = finished and best.test.e_recall@1 >= 0.6 and config.optim.lr < 1e-4"""
 
 
 def keys_table(screen: Screen, app_bindings: list[Binding]) -> Table:

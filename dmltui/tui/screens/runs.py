@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -29,7 +30,8 @@ class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open", show=False, tooltip="Open the run under the cursor: live metrics, curves, log, config"),
         Binding("n", "new_run", "New", tooltip="Compose a run or sweep from a preset and launch it"),
-        Binding("slash", "focus_filter", "Filter", key_display="/", tooltip="Filter runs: words, state:, tag:, dataset:, preset:"),
+        Binding("slash", "focus_filter", "Filter", key_display="/",
+                tooltip="Filter runs: words, state:, tag:, dataset:, preset:, or a query (best.test.e_recall@1 >= 0.6)"),
         Binding("s", "sort", "Sort", tooltip="Sort by a column or a metric"),
         Binding("o", "flip_order", "Order", show=False, tooltip="Reverse the sort order"),
         Binding("t", "tag_filter", "Tag", show=False, tooltip="Show only runs with a tag"),
@@ -51,10 +53,13 @@ class RunsScreen(Screen):
         self.selected: set[str] = set()
         self.shown: list[dict[str, Any]] = []
         self._search_texts: dict[str, tuple[dict[str, Any], str]] = {}
+        self._filter_text = ""  # the filter box's text that _passes was made from
+        self._passes: Callable[[dict[str, Any]], bool] | None = None  # the filter's test of a run; None: all pass
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Input(placeholder="/ filter: words, state:running, tag:paper, dataset:cub200, preset:…", id="filter")
+        yield Static(id="filter-error")
         yield Static(id="summary")
         table = RunsTable(shown_columns([]), id="runs")
         yield table
@@ -82,7 +87,7 @@ class RunsScreen(Screen):
         """Show the changed runs' new records in their rows, when that keeps which runs are shown and their order
         (a live run's epoch or metric moved): a few cells instead of filtering and sorting thousands of runs.
         False when a full redraw is needed."""
-        passes = record_filter(**parse_filter(self.query_one("#filter", Input).value), text_of=self._search_text)
+        passes = self.current_filter() or (lambda _record: True)
         position = {record["id"]: index for index, record in enumerate(self.shown)}
         shown = list(self.shown)
         for run_id in changed:
@@ -110,11 +115,41 @@ class RunsScreen(Screen):
             cached = self._search_texts[record["id"]] = (record, search_text(record))
         return cached[1]
 
+    def current_filter(self) -> Callable[[dict[str, Any]], bool] | None:
+        """The filter box's test of a run (None: no filter), made once per text (it is asked on every redraw): a query
+        (``dmltui.query``) when the text starts like one, else filter words. A query that does not compile keeps the
+        previous test, and so the rows shown, and says why under the box."""
+        text = self.query_one("#filter", Input).value
+        if text != self._filter_text:
+            self._filter_text = text
+            error = self._make_filter(text)
+            box = self.query_one("#filter-error", Static)
+            box.update(Text(error))
+            box.display = bool(error)
+        return self._passes
+
+    def _make_filter(self, text: str) -> str:
+        """Set the filter's test from *text*; returns the query's error, empty when there is none."""
+        if not text.strip():
+            self._passes = None
+            return ""
+        from dmltui import query  # lark: loaded with the first filter (warm_query_parser starts on "/")
+
+        if query.looks_like_query(text):
+            try:
+                self._passes = query.compile_query(text, query.KnownFields(self.app.monitor.runs())).matches
+            except query.QueryError as error:
+                return f"query: {error}"
+            return ""
+        filters = parse_filter(text)
+        self._passes = record_filter(**filters, text_of=self._search_text) if filters else None
+        return ""
+
     def visible_runs(self) -> list[dict[str, Any]]:
-        filters = parse_filter(self.query_one("#filter", Input).value)
+        passes = self.current_filter()
         records = self.app.monitor.runs()
-        if filters:
-            records = list(filter(record_filter(**filters, text_of=self._search_text), records))
+        if passes is not None:
+            records = list(filter(passes, records))
         return sort_runs(records, self.sort_field, descending=self.descending)
 
     def redraw(self, *, force: bool = False) -> None:
@@ -191,6 +226,14 @@ class RunsScreen(Screen):
 
     def action_focus_filter(self) -> None:
         self.query_one("#filter", Input).focus()
+        self.warm_query_parser()
+
+    @work(thread=True, group="query-parser", exclusive=True, exit_on_error=False)
+    def warm_query_parser(self) -> None:
+        """Import lark and build the query parser while the first characters are typed (about 0.1 s, once)."""
+        from dmltui.query import parser
+
+        parser()
 
     def action_clear(self) -> None:
         self.query_one("#filter", Input).value = ""
@@ -235,7 +278,13 @@ class RunsScreen(Screen):
     def _tag_chosen(self, tag: str | None) -> None:
         if tag is None:
             return
+        from dmltui.query import looks_like_query, quoted_glob
+
         box = self.query_one("#filter", Input)
+        if looks_like_query(box.value):  # a query gains a condition ("any tag" leaves it as it is)
+            if tag:
+                box.value = f"{box.value} and tags has {quoted_glob(tag)}"
+            return
         words = [w for w in box.value.split() if not w.startswith("tag:")]
         box.value = " ".join([*words, *([f"tag:{tag}"] if tag else [])])
 
