@@ -225,6 +225,18 @@ def _save_figure(figure, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def draw_row(axes, cells) -> None:
+    """One row of a retrieval grid: each (image path, frame colour, title) in its axis, framed and titled."""
+    for axis, (image, colour, title) in zip(axes, cells, strict=True):
+        axis.imshow(_thumbnail(image))
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(4)
+        axis.set_title(title, fontsize=7, color=colour)
+
+
 def write_png(inspection: Inspection, path: str | os.PathLike, *, worst: int = 8) -> Path:
     """A grid for papers: one row per worst query (the query, then its k neighbours framed green if they share its
     class, red if not), each image titled with its class (and distance); written atomically."""
@@ -242,14 +254,7 @@ def write_png(inspection: Inspection, path: str | os.PathLike, *, worst: int = 8
             cells = [(query["path"], FRAME["query"], f"{_wrapped(query['class'])}\nquery, AP {ap}")]
             cells += [(n["path"], FRAME[n["correct"]], f"{_wrapped(n['class'])}\n{n['distance']:.3f}")
                       for n in query["neighbours"]]
-            for axis, (image, colour, title) in zip(row, cells, strict=True):
-                axis.imshow(_thumbnail(image))
-                axis.set_xticks([])
-                axis.set_yticks([])
-                for spine in axis.spines.values():
-                    spine.set_edgecolor(colour)
-                    spine.set_linewidth(4)
-                axis.set_title(title, fontsize=7, color=colour)
+            draw_row(row, cells)
         figure.suptitle(f"{inspection.split} split, {inspection.embeddings.checkpoint.get('name')} checkpoint: "
                         f"the {len(queries)} worst queries (first column) and their {inspection.results.k} nearest "
                         "neighbours (green: same class, red: another)", fontsize=8)

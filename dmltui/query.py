@@ -313,28 +313,18 @@ def negation(inner: Test) -> Test:
     return test
 
 
-def conjunction(parts: list[Test]) -> Test:
+def junction(parts: list[Test], decisive: bool) -> Test:
+    """``and`` (*decisive* False: one false part decides) or ``or`` (True: one true part decides); otherwise unknown
+    when a part is unknown, else the other value."""
+
     def test(record: dict[str, Any]) -> bool | None:
         unknown = False
         for part in parts:
             result = part(record)
-            if result is False:
-                return False
+            if result is decisive:
+                return decisive
             unknown = unknown or result is None
-        return None if unknown else True
-
-    return test
-
-
-def disjunction(parts: list[Test]) -> Test:
-    def test(record: dict[str, Any]) -> bool | None:
-        unknown = False
-        for part in parts:
-            result = part(record)
-            if result is True:
-                return True
-            unknown = unknown or result is None
-        return None if unknown else False
+        return None if unknown else not decisive
 
     return test
 
@@ -390,10 +380,10 @@ class _Compiler(Transformer):
         return negation(inner)
 
     def conjunction(self, *parts: Test) -> Test:
-        return conjunction(list(parts))
+        return junction(list(parts), decisive=False)
 
     def disjunction(self, *parts: Test) -> Test:
-        return disjunction(list(parts))
+        return junction(list(parts), decisive=True)
 
 
 def _check_number(field: Token, kind: str | None, literal: Literal) -> None:

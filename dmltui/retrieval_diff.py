@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dmltui.inspect import FRAME, Inspection, _save_figure, _thumbnail, _wrapped
+from dmltui.inspect import FRAME, Inspection, _save_figure, _wrapped, draw_row
 
 
 class DifferentImages(ValueError):
@@ -112,14 +112,7 @@ def write_query_png(diff: RetrievalDiff, row: int, path: str | os.PathLike, *, n
             cells = [(query["path"], FRAME["query"], f"{_wrapped(query['class'])}\n{name}: AP {ap}")]
             cells += [(n["path"], FRAME[n["correct"]], f"{_wrapped(n['class'])}\n{n['distance']:.3f}")
                       for n in query[side]["neighbours"]]
-            for axis, (image, colour, title) in zip(axis_row, cells, strict=True):
-                axis.imshow(_thumbnail(image))
-                axis.set_xticks([])
-                axis.set_yticks([])
-                for spine in axis.spines.values():
-                    spine.set_edgecolor(colour)
-                    spine.set_linewidth(4)
-                axis.set_title(title, fontsize=7, color=colour)
+            draw_row(axis_row, cells)
         figure.suptitle(f"query {row} of the {diff.a.split} split: its {diff.a.results.k} nearest neighbours in "
                         f"{names[0]} (top) and {names[1]} (bottom)", fontsize=8)
         figure.tight_layout()

@@ -129,6 +129,13 @@ def dmltui(*args: str, env: dict | None = None, timeout: float = 300) -> subproc
                           env={**os.environ, **(env or {})})
 
 
+def ok(*args: str) -> subprocess.CompletedProcess:
+    """``dmltui *args*``, which must exit 0 (its stderr is the failure's message)."""
+    result = dmltui(*args)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def engine_cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return run_cli("-m", "engine", *args, **kw)
 

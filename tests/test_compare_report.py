@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import dmltui
+from conftest import dmltui, ok
 from PIL import Image
 
 from dmltui import compare as cmp
@@ -79,12 +79,6 @@ def stored(run_dirs) -> dict[str, dict]:
     records = {record["name"]: record for record in map(record_from_run_dir, run_dirs)}
     open_store().insert(*records.values())
     return records
-
-
-def ok(*args: str):
-    result = dmltui(*args)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def row_of(rows: list[dict], group: str, dataset: str = "cub200") -> dict:

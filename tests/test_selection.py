@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import dmltui
+from conftest import dmltui, ok
 
 from dmltui import compare as cmp
 from dmltui import runs as run_ops
@@ -67,12 +67,6 @@ def stored(tmp_path) -> dict[str, dict]:
     records = {name: record_from_run_dir(write_run(tmp_path / "runs", name, *spec)) for name, spec in RUNS.items()}
     open_store().insert(*records.values())
     return records
-
-
-def ok(*args: str):
-    result = dmltui(*args)
-    assert result.returncode == 0, result.stderr
-    return result
 
 
 def one_error_line(result) -> str:
