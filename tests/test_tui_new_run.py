@@ -409,3 +409,31 @@ def test_tabs_are_built_when_opened_and_keep_what_was_set_before(isolated_env):
             assert form.row("optim.lr").get_raw() == str(screen.baseline["optim.lr"]) and not form.row("optim.lr").edited
 
     asyncio.run(scenario())
+
+
+def test_keys_queued_behind_ctrl_o_go_to_the_preset_list_and_on(isolated_env):
+    """Under load a terminal's keys arrive together: ctrl+o, then shift+tab x7 and "0-1" in one read. Each key must act
+    where the previous one left the focus (tmux saw focus land short, and typed seeds go missing, when it did not)."""
+    from textual import events
+    from textual.widgets import Input, TabbedContent
+
+    from dmltui.tui.app import DmlTuiApp
+
+    async def scenario():
+        app = DmlTuiApp(poll_seconds=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = await open_new_run(app, pilot)
+            screen.form.query_one(TabbedContent).active = "section-optim"
+            await pilot.pause()
+            screen.set_focus(screen.query_one("#field-optim-epochs"))
+            await pilot.pause()
+            driver = app._driver
+            for key, char in [("ctrl+o", None), *[("shift+tab", None)] * 7, ("0", "0"), ("minus", "-"), ("1", "1")]:
+                event = events.Key(key, char)
+                event.set_sender(app)
+                driver.send_message(event)  # no waiting in between: all of them queued before the first is handled
+            await until(pilot, lambda: screen.query_one("#nr-seeds", Input).value == "0-1",
+                        what=f"seeds 0-1 typed (focus: {screen.focused}, seeds: {screen.query_one('#nr-seeds', Input).value!r})")
+            assert screen.focused is screen.query_one("#nr-seeds", Input)
+
+    asyncio.run(scenario())

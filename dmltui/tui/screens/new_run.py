@@ -178,9 +178,16 @@ class NewRunScreen(Screen):
     BINDINGS = [
         Binding("ctrl+s", "launch", "Launch", tooltip="Validate the form and start the run(s) as detached processes"),
         Binding("ctrl+t", "preview", "Preview", tooltip="Dry run: validate and list the runs, the overrides and the CLI command"),
-        Binding("ctrl+g", "toggle_sweep", "Sweep", tooltip="Sweep mode on/off: grid lines KEY=V1,V2; the runs are the product x seeds"),
+        # The keys that move the focus are priority bindings, handled as the app reads them: keys that arrive together
+        # (a loaded machine, a fast typist, tmux) are routed to the widget focused when each is read, so a focus move
+        # left to the focused widget's queue would send the keys behind it to the field it is leaving.
+        Binding("ctrl+g", "toggle_sweep", "Sweep", priority=True,
+                tooltip="Sweep mode on/off: grid lines KEY=V1,V2; the runs are the product x seeds"),
         Binding("ctrl+r", "reset_field", "Reset", show=False, tooltip="Reset the focused field to the preset's value"),
-        Binding("ctrl+o", "focus_presets", "Presets", show=False, tooltip="Go to the preset list (type to filter it)"),
+        Binding("ctrl+o", "focus_presets", "Presets", show=False, priority=True,
+                tooltip="Go to the preset list (type to filter it)"),
+        Binding("tab", "app.focus_next", show=False, priority=True),
+        Binding("shift+tab", "app.focus_previous", show=False, priority=True),
         Binding("escape", "back", "Back", tooltip="Back to the runs; nothing is started (asks first if you edited the form)"),
     ]
 
@@ -364,7 +371,7 @@ class NewRunScreen(Screen):
 
     @on(Input.Submitted, "#nr-filter")
     def _filter_done(self) -> None:
-        self.query_one("#nr-preset-list", OptionList).focus()
+        self.set_focus(self.query_one("#nr-preset-list", OptionList))
 
     @on(OptionList.OptionHighlighted, "#nr-preset-list")
     def _preset_highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -381,7 +388,7 @@ class NewRunScreen(Screen):
     @on(OptionList.OptionSelected, "#nr-preset-list")
     def _preset_chosen(self) -> None:
         """Enter on a preset: on to the form."""
-        self.query_one("#nr-dataset", Select).focus()
+        self.set_focus(self.query_one("#nr-dataset", Select))
 
     @on(Select.Changed, "#nr-dataset")
     def _dataset_changed(self, event: Select.Changed) -> None:
@@ -654,13 +661,15 @@ class NewRunScreen(Screen):
                              lambda discard: discard and self.dismiss())
 
     def action_focus_presets(self) -> None:
-        self.query_one("#nr-preset-list", OptionList).focus()
+        # now, not with widget.focus()'s call_later: the keys typed after ctrl+o may already be queued, and they
+        # belong to the preset list
+        self.set_focus(self.query_one("#nr-preset-list", OptionList))
 
     def action_toggle_sweep(self) -> None:
         row = self.query_one("#nr-grid-row")
         row.display = not row.display
         if row.display:
-            self.query_one("#nr-grid", TextArea).focus()
+            self.set_focus(self.query_one("#nr-grid", TextArea))
         self.update_count()
         self.schedule_validation()
 

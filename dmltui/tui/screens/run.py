@@ -298,7 +298,7 @@ class RunScreen(Screen):
         focus = {"metrics": "#epochs", "log": "#train-log", "config": "#config-scroll", "checkpoints": "#checkpoint-table",
                  "retrieval": "#retrieval-table"}
         if tab in focus:
-            self.query_one(focus[tab]).focus()
+            self.set_focus(self.query_one(focus[tab]))
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:

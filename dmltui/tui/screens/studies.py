@@ -347,7 +347,7 @@ class StudyScreen(Screen):
     def _trial_chosen(self) -> None:
         runs = self.query_one("#trial-runs", DataTable)
         if runs.row_count:
-            runs.focus()
+            self.set_focus(runs)
         else:
             self.notify("this trial has no fold run in the store", severity="warning")
 

@@ -253,6 +253,6 @@ class RetrievalPanel(Vertical):
     def action_view(self) -> None:
         self.view = "classes" if self.view == "queries" else "queries"
         self.query_one(ContentSwitcher).current = f"retrieval-{self.view}"
-        self.query_one("#retrieval-class-table" if self.view == "classes" else "#retrieval-table").focus()
+        self.screen.set_focus(self.query_one("#retrieval-class-table" if self.view == "classes" else "#retrieval-table"))
         if self.inspection is not None:
             self._update_status()
