@@ -20,6 +20,7 @@ python main.py --dataset online_products --kernels 6 --source $datapath --n_epoc
 """
 
 
+@pytest.mark.slow  # the README's whole quickstart, end to end; test_quickstart_table_and_invalid_override trains 1 epoch daily
 @pytest.mark.timeout(600)  # the README's 20 epochs: about 75 s alone, several minutes beside a loaded suite
 def test_quickstart_trains_and_beats_raw_pixels_and_the_untrained_network():
     result = dmltui("quickstart", "--json", timeout=540)
