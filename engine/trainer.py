@@ -494,6 +494,13 @@ class Trainer:
             for epoch in range(self.epoch + 1, cfg.optim.epochs + 1):
                 if self.sampler.needs_memory and cfg.sampler.idx_full_prec and epoch > 1 and not self.epoch_losses:
                     self.refresh_memory()
+                # under DDP the ranks agree on a stop once a block of steps (LOSS_SYNC_STEPS): an epoch shorter than
+                # a block would never ask, so they also agree between epochs
+                if self.ctx.enabled and not self.epoch_losses and distributed.any_rank(bool(stop), self.ctx, self.device):
+                    if self.ctx.is_main:
+                        atomic_torch_save(self.run_dir.checkpoints / "last.pt", self.state())
+                    log.info("stopped after epoch %d; checkpoint written", self.epoch)
+                    return Outcome("stopped", self.epoch, self.best)
                 self.epoch = epoch
                 figures = self.train_epoch(stop, progress)
                 if figures is None:
@@ -508,10 +515,10 @@ class Trainer:
                     self.wandb.log(epoch, "train", figures)
                 last = epoch == cfg.optim.epochs
                 results = self.evaluate(epoch) if last or epoch % cfg.eval.every == 0 else {}
+                if not per_iteration(cfg.optim):
+                    self.scheduler.step()  # before the checkpoints: a resume from the epoch's end continues exactly
                 self.save_checkpoints(results)
                 distributed.barrier(self.ctx)  # the other ranks wait for rank 0's evaluation
-                if not per_iteration(cfg.optim):
-                    self.scheduler.step()
                 self.run_dir.update_status(epoch=epoch, step=self.step, best=self.best)
                 log.info(
                     "epoch %d/%d loss %.4f %.1fs | %s",

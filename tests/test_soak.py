@@ -176,9 +176,17 @@ def test_soak_state_stays_true_under_load_faults_and_slurm(slurm_home, tmp_path)
     runs_root = isolated_env / "runs"
     assert sorted(p.name for p in runs_root.iterdir() if p.name != run_ops.TRASH_DIR) == sorted(listed)
     assert not any((runs_root / run_ops.TRASH_DIR).iterdir()) if (runs_root / run_ops.TRASH_DIR).exists() else True
-    assert not any(run_ops.pid_alive(status(r).get("pid")) for name, r in runs.items() if name != "deleted")
-    queue = subprocess.run(["squeue", "--me", "--noheader", "--format=%i"], capture_output=True, text=True).stdout
-    assert str(status(runs["slurm"])["slurm_job_id"]).split("_")[0] not in queue
+    # a run's final state is written just before its process exits (and its job leaves the queue): both go, and
+    # stay gone, within a bounded wait
+    pids = [status(r).get("pid") for name, r in runs.items() if name != "deleted"]
+    wait_for(lambda: not any(run_ops.pid_alive(pid) for pid in pids), 60, "every run's process to exit")
+    job = str(status(runs["slurm"])["slurm_job_id"]).split("_")[0]
+
+    def job_gone() -> bool:
+        queue = subprocess.run(["squeue", "--me", "--noheader", "--format=%i"], capture_output=True, text=True).stdout
+        return all(entry.split("_")[0] != job for entry in queue.split())
+
+    wait_for(job_gone, 60, "the SLURM job to leave the queue")
 
 
 async def _watch_in_the_tui(runs: dict[str, dict], journal: Journal, faults: threading.Thread) -> None:
