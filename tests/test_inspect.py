@@ -250,3 +250,76 @@ def test_inspect_cli_errors_are_one_line_with_an_exit_code_and_leave_nothing(qui
     assert line.startswith("error: ") and message.replace("OUT", str(out)) in line
     assert list(out.iterdir()) == []
     assert not list(quickstart_copy.rglob(".tmp-*"))
+
+
+# --------------------------------------------------------------------------- inspect A --against B
+
+
+@pytest.fixture
+def two_quickstart_runs(quickstart_copy, tmp_path) -> tuple[Path, Path]:
+    """A: the finished quickstart run; B: a copy whose checkpoints hold A's weights with noise (a worse run of the same
+    images)."""
+    import shutil
+
+    other = Path(shutil.copytree(quickstart_copy, tmp_path / "noisy-run"))
+    generator = torch.Generator().manual_seed(0)
+    for checkpoint in (other / "checkpoints").glob("*.pt"):
+        state = torch.load(checkpoint, weights_only=False)
+        state["model"] = {name: value + 0.05 * value.std().nan_to_num() * torch.randn(value.shape, generator=generator)
+                          if value.is_floating_point() and value.numel() > 1 else value
+                          for name, value in state["model"].items()}
+        atomic_torch_save(checkpoint, state)
+    return quickstart_copy, other
+
+
+def test_inspect_against_reports_what_the_library_computes(two_quickstart_runs, tmp_path):
+    from dmltui.inspect import inspect_run
+    from dmltui.retrieval_diff import RetrievalDiff
+
+    a, b = two_quickstart_runs
+    report = json.loads(dmltui("inspect", str(a), "--against", str(b), "--json", "--worst", "3", "-k", "5",
+                               "--device", "cpu").stdout)
+    direct = RetrievalDiff(inspect_run(a, k=5, device="cpu"), inspect_run(b, k=5, device="cpu"))
+    counts = direct.counts()
+    assert {key: report[key] for key in counts} == counts and counts["only_a"] + counts["only_b"] > 0
+    assert report["recall_at_1_difference"] == pytest.approx(direct.a.results.recall_at_1 - direct.b.results.recall_at_1)
+    expected = direct.report(examples=3)
+    assert [q["row"] for q in report["only_a_queries"]] == [q["row"] for q in expected["only_a_queries"]]
+    assert [q["row"] for q in report["only_b_queries"]] == [q["row"] for q in expected["only_b_queries"]]
+    assert all(q["a"]["neighbours"][0]["correct"] and not q["b"]["neighbours"][0]["correct"]
+               for q in report["only_a_queries"])
+    row = (report["only_a_queries"] or report["only_b_queries"])[0]["row"]
+    shown = json.loads(dmltui("inspect", str(a), "--against", str(b), "--json", "--query", str(row), "-k", "5",
+                              "--device", "cpu").stdout)
+    assert shown["query"] == json.loads(json.dumps(direct.query(row)))
+    text = dmltui("inspect", str(a), "--against", str(b), "--worst", "3", "-k", "5", "--device", "cpu")
+    assert text.returncode == 0, text.stderr
+    assert (f"{counts['queries']} test queries at rank 1: A right, B wrong {counts['only_a']} · B right, A wrong "
+            f"{counts['only_b']}") in text.stdout
+    top = direct.per_class()[0]
+    assert "recall@1 per class, the largest differences first:" in text.stdout and top["class"] in text.stdout
+    png = tmp_path / "query.png"
+    drawn = dmltui("inspect", str(a), "--against", str(b), "--query", str(row), "--png", str(png), "-k", "5",
+                   "--device", "cpu")
+    assert drawn.returncode == 0, drawn.stderr
+    assert f"query {row}: " in drawn.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["--query", "3"], 2, "--query ROW shows one query in two runs: give --against RUN too"),
+    (["--against", "B", "--projection", "OUT/map.png"], 2, "--projection maps one run's split: not with --against"),
+    (["--against", "B", "--png", "OUT/q.png"], 2, "--png with --against draws one query in both runs: give --query ROW"),
+    (["--against", "B", "--query", "99999"], 2, "--query 99999: the test split has rows 0..1559"),
+    (["--against", "no-such-run"], 3, "no run with id 'no-such-run'"),
+    (["--against", "B", "--checkpoint", "/nowhere/x.pt"], 3, "run A ("),
+])
+def test_inspect_against_errors_are_one_line_and_leave_nothing(two_quickstart_runs, tmp_path, args, code, message):
+    a, b = two_quickstart_runs
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [str(b) if arg == "B" else arg.replace("OUT", str(out)) for arg in args]
+    result = dmltui("inspect", str(a), *args, "--device", "cpu")
+    assert result.returncode == code and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line, line
+    assert list(out.iterdir()) == []

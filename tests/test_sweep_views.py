@@ -91,3 +91,29 @@ def test_the_scatter_is_the_mean_and_std_over_the_runs_of_each_value():
     assert scatter(mixed, "optim.lr", selection="test-max")[2] == ["loss.name"]  # each point mixes losses: said
     with pytest.raises(NothingToPlot, match="no run has both config key 'optim.gamma'"):
         scatter(runs, "optim.gamma", selection="test-max")
+
+
+def test_ranges_read_as_text_on_numeric_and_categorical_axes():
+    from dmltui.axis_ranges import BadRange, axis_range, narrowed, split_option, within_all
+
+    data = parallel(SWEEP, selection="test-max")
+    assert split_option("model.arch=timm:vit_s16.dino") == ("model.arch", "timm:vit_s16.dino")
+    margin = axis_range(data, "loss.name", "margin")  # one value of a categorical axis
+    assert within_all(data, [margin]) == [0, 1]
+    assert within_all(data, [axis_range(data, "loss.name", "margin:triplet")]) == [0, 1, 2, 3]
+    assert within_all(data, [axis_range(data, "loss.name", ":margin")]) == [0, 1]  # an open bound
+    both = [margin, axis_range(data, "optim.lr", "5e-5:")]
+    assert within_all(data, both) == [1]
+    shown = narrowed(data, [1])
+    assert [r["id"] for r in shown.runs] == ["r1"] and shown.axes[1].positions == [data.axes[1].positions[1]]
+    assert shown.axes[1].ticks == data.axes[1].ticks  # a line stays where it was
+    for key, bounds, message in [
+        ("loss.name", "contrastive", "neither a value of axis loss.name nor LOW:HIGH of its values (margin, triplet)"),
+        ("loss.name", "triplet:margin", "'triplet' comes after 'margin' on axis loss.name"),
+        ("optim.lr", "1e-3:1e-5", "LOW must not be above HIGH"),
+        ("optim.lr", "nan", "LOW must not be above HIGH"),
+    ]:
+        with pytest.raises(BadRange, match=message.replace("(", r"\(").replace(")", r"\)")):
+            axis_range(data, key, bounds)
+    with pytest.raises(BadRange, match="not KEY=LOW:HIGH"):
+        split_option("=1:2")

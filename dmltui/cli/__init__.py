@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dmltui.cli import compare, data, db, inspect, launch, presets, quickstart, runs, schema, tui, tune
+from dmltui.cli import compare, data, db, inspect, launch, plot, presets, quickstart, runs, schema, tui, tune
 from dmltui.cli.common import ExitCode
 from dmltui.home import SettingError
 from dmltui.store import StoreBusy, StoreError
@@ -24,6 +24,7 @@ app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 app.add_typer(data.app, name="data")
 app.add_typer(tune.app, name="tune")
+app.add_typer(plot.app, name="plot")
 app.command("quickstart")(quickstart.quickstart)
 app.command("run")(launch.run)
 app.command("sweep")(launch.sweep)
