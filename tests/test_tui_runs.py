@@ -489,3 +489,29 @@ def test_gpu_panel_shows_gpus_and_is_hidden_without_them(isolated_env, monkeypat
         assert app.screen.query_one("#gpus").display is False
 
     run_app(app, no_gpus)
+
+
+def test_a_query_typed_right_after_the_slash_goes_into_the_filter(three_runs):
+    """A terminal under load delivers "/" and the query after it in one read: each key must act where the previous
+    one left the focus, so "s" and "x" of "state = ..." are typed, never the runs screen's sort and stop."""
+    from textual import events
+    from textual.widgets import Input
+
+    app = app_for_tests()
+
+    async def scenario(pilot):
+        screen = app.screen
+        query = "state = failed"
+        keys = [("slash", "/")] + [("space" if c == " " else "equals_sign" if c == "=" else c, c) for c in query]
+        for key, char in [*keys, ("enter", None)]:
+            event = events.Key(key, char)
+            event.set_sender(app)
+            app._driver.send_message(event)  # no waiting in between: all of them queued before the first is handled
+        await wait_for(pilot, lambda: screen.query_one("#filter", Input).value == query and app.focused is screen.table)
+        assert app.screen is screen  # no sort picker opened
+        await wait_for(pilot, lambda: shown_names(app) == ["npair-s0"])
+        await pilot.press("slash", "end", "slash")  # the first moves into the box; there, "/" is a character
+        assert app.focused is screen.query_one("#filter", Input)
+        assert screen.query_one("#filter", Input).value == query + "/"
+
+    run_app(app, scenario)

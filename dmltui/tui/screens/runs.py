@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -30,7 +31,7 @@ class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open", show=False, tooltip="Open the run under the cursor: live metrics, curves, log, config"),
         Binding("n", "new_run", "New", tooltip="Compose a run or sweep from a preset and launch it"),
-        Binding("slash", "focus_filter", "Filter", key_display="/",
+        Binding("slash", "focus_filter", "Filter", key_display="/", priority=True,
                 tooltip="Filter runs: words, state:, tag:, dataset:, preset:, or a query (best.test.e_recall@1 >= 0.6)"),
         Binding("s", "sort", "Sort", tooltip="Sort by a column or a metric"),
         Binding("o", "flip_order", "Order", show=False, tooltip="Reverse the sort order"),
@@ -222,10 +223,16 @@ class RunsScreen(Screen):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
-        self.table.focus()
+        self.set_focus(self.table)
 
     def action_focus_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        # Keys that arrive with the "/" (a query typed fast, over a slow link) must go into the box, not to the
+        # table's bindings (s sorts, x stops a run). The app hands each key to the widget focused when it reads the
+        # key, so "/" is a priority binding (acted on as it is read) and moves the focus at once (set_focus, not
+        # focus()'s call_later); in a text box it is a character.
+        if isinstance(self.focused, Input):
+            raise SkipAction()
+        self.set_focus(self.query_one("#filter", Input))
         self.warm_query_parser()
 
     @work(thread=True, group="query-parser", exclusive=True, exit_on_error=False)
@@ -238,7 +245,7 @@ class RunsScreen(Screen):
     def action_clear(self) -> None:
         self.query_one("#filter", Input).value = ""
         self.selected.clear()
-        self.table.focus()
+        self.set_focus(self.table)
         self.redraw(force=True)
 
     def action_sort(self) -> None:
