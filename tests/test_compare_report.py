@@ -224,6 +224,31 @@ def test_compare_errors(stored, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_compare_and_report_take_the_query_language(stored, tmp_path):
+    where = "config.loss.name = margin and dataset = cub200 and best.test.e_recall@1 > 0.6"
+    grouped = json.loads(ok("compare", "--group-by", "preset", "--where", where, "--json", "--all-states",
+                            "-m", "e_recall@1").stdout)
+    # seeds 1 (0.62), 2 (0.64) and the stopped 3 (0.99) pass; seed 0 (0.60) and the cars196 run do not
+    assert [(r["group"], r["n"]) for r in grouped] == [("margin-b06-d", 3)]
+    assert grouped[0]["metrics"]["e_recall@1"]["mean"] == pytest.approx(np.mean([0.62, 0.64, 0.99]))
+    ids = ("id-margin-b06-d-s0", "id-margin-b06-d-s2", "id-triplet_s0")
+    picked = json.loads(ok("compare", *ids, "--where", "config.loss.name = margin", "--json").stdout)
+    assert [r["id"] for r in picked] == ["id-margin-b06-d-s0", "id-margin-b06-d-s2"]  # the ids, narrowed
+    out = tmp_path / "report"
+    report = json.loads(ok("report", "--out", str(out), "--where", "config.loss.name != margin", "--json").stdout)
+    markdown = "".join(Path(f).read_text() for f in report["files"] if f.endswith(".md"))
+    assert "triplet-d" in markdown and "multisimilarity" in markdown and "margin-b06-d" not in markdown
+    for args in (("compare", "--group-by", "preset"), ("report", "--out", str(tmp_path / "bad"))):
+        bad = dmltui(*args, "--where", "best.test.e_recall@1 >=")
+        assert bad.returncode == 2 and bad.stdout == ""
+        [line] = bad.stderr.strip().splitlines()
+        assert line == "error: --where: at column 24: expected a value after '>=', got end of input"
+    none = dmltui("compare", "--group-by", "preset", "--where", "tags has nothing-has-it")
+    assert none.returncode == 3 and none.stderr.strip() == \
+        "error: no runs match the filters (--where 'tags has nothing-has-it')"
+    assert not (tmp_path / "bad").exists()
+
+
 # --------------------------------------------------------------------------- the report
 
 

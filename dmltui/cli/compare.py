@@ -28,6 +28,9 @@ class Format(StrEnum):
 PresetOption = Annotated[str | None, typer.Option("--preset", help="only runs of this preset")]
 TagOption = Annotated[str | None, typer.Option("--tag", help="only runs with this tag")]
 DatasetOption = Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")]
+WhereOption = Annotated[str | None, typer.Option("--where", help="only the runs this query selects, e.g. "
+                                                              "'tags has sweep-lr and config.optim.lr < 1e-3' "
+                                                              "(README: the query language)")]
 GROUP_HELP = "preset, name (its -s<seed>/_s<seed> suffix removed) or a dotted config key such as loss.name"
 # a plain string, checked by _selection: typer's own error for a bad choice is a box of several lines
 SelectOption = Annotated[str | None, typer.Option(
@@ -49,22 +52,29 @@ def _selection(records: list[dict], requested: str | None) -> tuple[str, str | N
 def _find(run_id: str) -> dict:
     try:
         return run_ops.find(run_id)
-    except KeyError:
-        fail(f"no run with id {run_id!r} (or the prefix matches several)", ExitCode.NOT_FOUND)
+    except (run_ops.RunNotFound, run_ops.AmbiguousRunId) as error:
+        fail(str(error), ExitCode.NOT_FOUND)
 
 
-def _select(run_ids: list[str] | None, preset, tag, dataset) -> list[dict]:
-    if run_ids:
-        records, seen = [], set()
-        for run_id in run_ids:
-            record = _find(run_id)
-            if record["id"] not in seen:
-                seen.add(record["id"])
-                records.append(record)
-    else:
-        records = refreshed_runs()
-        if not tag:  # a study's fold runs validate and have no test results: tables compare test results
-            records = [r for r in records if TUNING_TAG not in r.get("tags", ())]
+def chosen_runs(run_ids: list[str] | None = None, where: str | None = None, *, preset: str | None = None,
+                tag: str | None = None, dataset: str | None = None) -> list[dict]:
+    """The runs a table or chart is about: the ids given (each once) or every stored run, narrowed by the --where
+    query and the word filters. Without ids, a tag or a query, a study's fold runs are left out (they validate and have
+    no test results). Exit 3 for an unknown id, 2 with one line for a bad query."""
+    from dmltui.query import QueryError, select
+
+    try:
+        if run_ids:
+            records = list({r["id"]: r for r in map(_find, run_ids)}.values())
+            records = select(records, where) if where is not None else records
+        elif where is not None:
+            records = refreshed_runs(where=where)
+        else:
+            records = refreshed_runs()
+            if not tag:
+                records = [r for r in records if TUNING_TAG not in r.get("tags", ())]
+    except QueryError as error:
+        fail(f"--where: {error}", ExitCode.USAGE)
     return [r for r in records if matches(r, preset=preset, tag=tag, dataset=dataset)]
 
 
@@ -98,6 +108,7 @@ def compare(
     preset: PresetOption = None,
     tag: TagOption = None,
     dataset: DatasetOption = None,
+    where: WhereOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="same as --format json")] = False,
 ) -> None:
     """Compare runs: the config keys that differ and each run's best metrics (with their epochs); with
@@ -107,9 +118,9 @@ def compare(
         fmt = Format.json
     if not run_ids and not group_by:
         fail("give run ids to compare, or --group-by to compare groups of runs", ExitCode.USAGE)
-    records = _select(run_ids, preset, tag, dataset)
+    records = chosen_runs(run_ids, where, preset=preset, tag=tag, dataset=dataset)
     if not records:
-        fail("no runs match the filters", ExitCode.NOT_FOUND)
+        fail("no runs match the filters" + (f" (--where {where!r})" if where is not None else ""), ExitCode.NOT_FOUND)
     if group_by:
         if not all_states:
             finished = [r for r in records if r.get("state") == "finished"]
@@ -153,6 +164,7 @@ def report(
     preset: PresetOption = None,
     tag: TagOption = None,
     dataset: DatasetOption = None,
+    where: WhereOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """The paper's Result_Evaluations from the finished runs: per-dataset LaTeX and Markdown tables (R@1, R@2,
@@ -160,7 +172,7 @@ def report(
     paper's protocol (for comparison with published numbers); each table's caption names its selection."""
     from dmltui.report import build_report  # deferred: matplotlib
 
-    records = _select(None, preset, tag, dataset)
+    records = chosen_runs(None, where, preset=preset, tag=tag, dataset=dataset)
     finished = [r for r in records if r.get("state") == "finished"]
     if not finished:
         fail(f"no finished runs to report on ({len(records)} matching run(s), none finished)", ExitCode.NOT_FOUND)

@@ -20,19 +20,15 @@ from dmltui import compare as cmp
 from dmltui import runs as run_ops
 from dmltui import selection as sel
 from dmltui.cli.common import ExitCode, fail, print_json
-from dmltui.cli.compare import SelectOption
+from dmltui.cli.compare import SelectOption, WhereOption, chosen_runs
 from dmltui.cli.inspect import check_output_path
-from dmltui.listing import refreshed_runs
 from dmltui.sweep_views import NothingToPlot, ScatterPoint
-from dmltui.tune.study import TUNING_TAG
 
 app = typer.Typer(help="Sweep views: parallel coordinates of runs, a metric against a parameter.",
                   no_args_is_help=True)
 
 RunIds = Annotated[list[str] | None, typer.Argument(help="run ids (or unique prefixes); default: every stored run "
                                                         "but tuning fold runs, or those --where selects")]
-WhereOption = Annotated[str | None, typer.Option("--where", help="only the runs this query selects (README: the "
-                                                                  "query language), e.g. 'tags has sweep-lr'")]
 MetricOption = Annotated[str, typer.Option("--metric", "-m", help="the metric (e_recall@1, nmi, map_at_r...)")]
 SplitOption = Annotated[str, typer.Option("--split", help="split of the metric: test, val or train")]
 PngOption = Annotated[Path | None, typer.Option("--png", help="write the chart as a PNG instead of drawing it")]
@@ -42,29 +38,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def _records(run_ids: list[str] | None, where: str | None) -> list[dict[str, Any]]:
     """The runs to plot; exit 3 for an unknown id, 2 for a bad query or when nothing is selected."""
-    from dmltui.query import QueryError, select
-
-    try:
-        if run_ids:
-            records = list({r["id"]: r for r in map(_find, run_ids)}.values())
-            records = select(records, where) if where is not None else records
-        elif where is not None:
-            records = refreshed_runs(where=where)
-        else:
-            records = [r for r in refreshed_runs() if TUNING_TAG not in r.get("tags", ())]
-    except QueryError as error:
-        fail(f"--where: {error}", ExitCode.USAGE)
+    records = chosen_runs(run_ids, where)
     if not records:
         fail("no runs to plot" + (f": --where {where!r} selects none of them" if where is not None else
                                   "; start some, or give run ids"), ExitCode.USAGE)
     return records
-
-
-def _find(run_id: str) -> dict[str, Any]:
-    try:
-        return run_ops.find(run_id)
-    except (run_ops.RunNotFound, run_ops.AmbiguousRunId) as error:
-        fail(str(error), ExitCode.NOT_FOUND)
 
 
 def _checked(records: list[dict[str, Any]], metric: str, split: str, select: str | None) -> str:
