@@ -214,3 +214,28 @@ def test_run_errors_and_doctor(tiny):
     assert doctor.returncode == 0, doctor.stdout
     checks = {c["check"]: c for c in json.loads(doctor.stdout)}
     assert {"python", "torch", "cuda", "gpus", "faiss", "wandb", "store", "data"} <= set(checks)
+
+
+def test_runs_list_shows_whole_values_and_leaves_out_the_least_important_columns_at_80(isolated_env):
+    from dmltui.testing import fake_run
+
+    records = [fake_run(isolated_env, name="margin-b12-d-long-sweep-s0", index=0, state="stopped",
+                        tags=["paper", "sweep-lr"]),
+               fake_run(isolated_env, name="quickstart-s1", index=1, loss="multisimilarity", dataset="glyphs")]
+    wide = dmltui("runs", "list", env={"COLUMNS": "200"})
+    assert wide.returncode == 0 and wide.stderr == ""
+    assert wide.stdout.splitlines()[0].split() == ["id", "name", "state", "dataset", "loss/miner", "epoch", "R@1", "tags"]
+    assert "paper,sweep-lr" in wide.stdout and "multisimilarity/distance" in wide.stdout
+    narrow = dmltui("runs", "list", env={"COLUMNS": "80"})
+    assert narrow.returncode == 0 and "…" not in narrow.stdout
+    lines = narrow.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    assert lines[0].split() == ["id", "name", "state", "dataset", "R@1"]  # tags, loss/miner, then epoch went first
+    for record in records:  # whole values
+        [line] = [line for line in lines if line.startswith(record["id"])]
+        assert record["name"] in line and record["state"] in line and record["dataset"] in line
+    assert narrow.stderr.strip() == "note: 80 columns leave out loss/miner, epoch, tags (a wider terminal, or --json, shows them)"
+    script = Path(sys.executable).with_name("dmltui")  # into a pipe, without $COLUMNS: everything, nothing cut
+    piped = subprocess.run([str(script), "runs", "list"], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")})
+    assert piped.stdout == wide.stdout and piped.stderr == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import IntEnum
 from typing import Any, NoReturn
@@ -51,3 +52,39 @@ def checked_gpus(text: str | None, *, per_run: int = 1) -> str:
         return resolve_request(text, per_run=per_run)
     except ValueError as error:
         fail(str(error), ExitCode.USAGE)
+
+
+def print_fitted_table(headers: list[str], rows: list[list[str]], keep_order: list[str], *, styles: dict[str, list[str]]
+                       | None = None) -> list[str]:
+    """A table of whole values that fits the terminal: rather than cut every cell ("stopp…"), the columns that matter
+    least (last in *keep_order*) are left out until the rest fits, as ``gh run list`` and ``kubectl get`` do; a note
+    on stderr names them. Into a pipe (without $COLUMNS) nothing is left out. *styles*: a rich style per cell of a
+    column. Returns the headers left out."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Column, Table
+
+    limited = stdout.is_terminal or "COLUMNS" in os.environ
+    width = stdout.width if limited else None
+    natural = {h: max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)}
+    shown = list(headers)
+    gap = 2  # rich's padding between columns
+    for header in reversed(keep_order):
+        if width is None or sum(natural[h] for h in shown) + gap * (len(shown) - 1) <= width:
+            break
+        if header in shown and len(shown) > 1:
+            shown.remove(header)
+    table = Table(*(Column(h, no_wrap=True, min_width=natural[h]) for h in shown), box=None, pad_edge=False)
+    for r, row in enumerate(rows):
+        cells = []
+        for i, header in enumerate(headers):
+            if header in shown:
+                style = (styles or {}).get(header)
+                cells.append(f"[{style[r]}]{escape(row[i])}[/]" if style else escape(row[i]))
+        table.add_row(*cells)
+    (stdout if limited else Console(width=100_000)).print(table)
+    left_out = [h for h in headers if h not in shown]
+    if left_out and rows:
+        print(f"note: {width} columns leave out {', '.join(left_out)} (a wider terminal, or --json, shows them)",
+              file=sys.stderr)
+    return left_out

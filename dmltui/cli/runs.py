@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dmltui import runs as run_ops
-from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_json, stdout
+from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_fitted_table, print_json, stdout
 from dmltui.listing import best_value, matches, on_slurm, refreshed_runs, sort_runs, where_text
 from dmltui.results import display_name
 from dmltui.states import STATE_COLOURS, is_final
@@ -53,21 +53,17 @@ def list_runs(
     if as_json:
         print_json([{key: r.get(key) for key in wanted} for r in records] if wanted else records)
         return
-    from rich.markup import escape
-    from rich.table import Column, Table
-
     slurm = on_slurm(records)  # then a column says where each run executes: SLURM's job, state and reason or node
-    table = Table(Column("id", no_wrap=True, min_width=20), "name", "state", *(["where"] if slurm else []), "dataset",
-                  "loss/miner", "epoch", "R@1", "tags", box=None, pad_edge=False)
+    headers = ["id", "name", "state", *(["where"] if slurm else []), "dataset", "loss/miner", "epoch", "R@1", "tags"]
+    rows = []
     for r in records:
         best = best_value(r)
-        table.add_row(
-            r["id"], r["name"], f"[{STATE_COLOURS.get(r['state'], 'white')}]{r['state']}[/]",
-            *([escape(where_text(r))] if slurm else []), r["dataset"],
-            f"{r['loss']}/{r['miner']}", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
-            f"{best:.4f}" if best is not None else "-", ",".join(r.get("tags", [])),
-        )
-    stdout.print(table)
+        rows.append([r["id"], r["name"], r["state"], *([where_text(r)] if slurm else []), r["dataset"],
+                     f"{r['loss']}/{r['miner']}", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
+                     f"{best:.4f}" if best is not None else "-", ",".join(r.get("tags", []))])
+    # at 80 columns the least important go first: tags, then loss/miner, the SLURM job, epoch, dataset
+    print_fitted_table(headers, rows, ["id", "state", "name", "R@1", "dataset", "epoch", "where", "loss/miner", "tags"],
+                       styles={"state": [STATE_COLOURS.get(r["state"], "white") for r in records]})
 
 
 @app.command("show")
