@@ -3,7 +3,8 @@
 The numbers come from ``dmltui compare``'s functions (``dmltui.compare``): the differing config keys,
 the best value (and epoch) of each metric under the screen's selection (``dmltui.selection``: val,
 last or test-max), mean ± std by group, and the CSV, Markdown and LaTeX exports. The screen shows the runs table transposed (a column per run),
-which fits a few runs in 80 columns; the exports have the CLI's shape (a row per run).
+which fits a few runs in 80 columns; the exports have the CLI's shape (a row per run). The Parallel tab draws
+``dmltui plot parallel``'s chart (``dmltui.sweep_views``), narrowed by ranges on its axes (``dmltui.axis_ranges``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from dmltui import compare as cmp
+from dmltui.axis_ranges import AxisRange, BadRange, axis_range, narrowed, span_text, within_all
 from dmltui.monitor import metrics_tail
+from dmltui.selection import SHORT_LABELS, NoValidationSplit, UnknownSelection
+from dmltui.sweep_views import NothingToPlot, Parallel, parallel, write_parallel_png
+from dmltui.tui.retrieval_view import image_mode
 from dmltui.tui.run_view import LOSS_KEY, column_label, fold_records, last_metrics, series
 from engine.metric_names import display_name
 
@@ -181,3 +186,87 @@ class CompareFiles:
 def lasts_of(rows_by_run: dict[str, list[dict[str, Any]]], metrics: Sequence[str], split: str) -> dict[str, dict[str, dict | None]]:
     """run id -> ``last_metrics`` of its rows."""
     return {run_id: last_metrics(rows, metrics, split) for run_id, rows in rows_by_run.items()}
+
+
+# --------------------------------------------------------------------------- the Parallel tab
+
+
+@dataclass
+class ParallelChart:
+    """What the Parallel tab draws: the runs' parallel coordinates (``dmltui plot parallel``'s), the ranges set on its
+    axes (one per axis at most) and the lines within all of them."""
+
+    data: Parallel
+    ranges: dict[str, AxisRange]
+
+    def within(self) -> list[int]:
+        return within_all(self.data, list(self.ranges.values()))
+
+    def shown(self) -> Parallel:
+        return narrowed(self.data, self.within())
+
+    def status(self) -> str:
+        """``3 of 5 runs within optim.lr=1e-5:1e-4 · test/e_recall@1, best: val · r: a range on an axis``."""
+        parts = [f"{len(self.within())} of {len(self.data.runs)} runs within {' and '.join(map(str, self.ranges.values()))}"
+                 if self.ranges else f"{len(self.data.runs)} runs"]
+        parts.append(f"{self.data.split}/{display_name(self.data.metric)} (m), {SHORT_LABELS[self.data.selection]} (s)")
+        if self.data.left_out:
+            parts.append(f"{self.data.left_out} without it left out")
+        parts.append("r: range on an axis")
+        return " · ".join(parts)
+
+    def with_range(self, key: str, bounds: str) -> ParallelChart:
+        """The chart with *bounds* (``LOW:HIGH``) on axis *key*, or without a range there for empty bounds; BadRange
+        when they do not read on the axis."""
+        ranges = {k: r for k, r in self.ranges.items() if k != key}
+        if bounds.strip():
+            ranges[key] = axis_range(self.data, key, bounds.strip())
+        return ParallelChart(self.data, ranges)
+
+    def axis_choices(self) -> list[tuple[str, str]]:
+        """(axis key, label) for the axis picker: each axis, what it holds and its range."""
+        return [(a.key, f"{a.key}: {span_text(a)}" + (f" · within {self.ranges[a.key].bounds}" if a.key in self.ranges
+                                                     else "")) for a in self.data.axes]
+
+
+def parallel_chart(records: Sequence[dict[str, Any]], metric: str, split: str, selection: str,
+                   ranges: dict[str, AxisRange] | None = None) -> ParallelChart | str:
+    """The Parallel tab's chart of *records*, keeping the *ranges* of a previous chart that still read on its axes;
+    or why there is none (too few runs, nothing varies, no run logged the metric)."""
+    try:
+        data = parallel(records, metric, split, selection)
+    except (NothingToPlot, UnknownSelection, NoValidationSplit) as error:
+        return str(error)
+    kept = {}
+    for key, previous in (ranges or {}).items():
+        try:
+            kept[key] = axis_range(data, key, previous.bounds)
+        except BadRange:
+            pass  # its axis is gone (another metric) or its values are: the range goes with them
+    return ParallelChart(data, kept)
+
+
+def shows_images() -> bool:
+    """Whether the terminal draws real images (kitty graphics or sixel), where a PNG of the chart reads better than
+    text; not under ``$DMLTUI_IMAGES=halfcell`` (whose blocks are too coarse for thin lines)."""
+    if image_mode() == "halfcell":
+        return False
+    try:
+        from textual_image.renderable import Image, SixelImage, TGPImage
+    except Exception:  # noqa: BLE001 - textual-image's terminal probe raises ZeroDivisionError on a 0-column terminal
+        return False
+    return Image in (SixelImage, TGPImage)
+
+
+def parallel_picture(data: Parallel):
+    """The chart as a PIL image (``write_parallel_png``'s drawing), for the image widget; slow (matplotlib): call it
+    in a worker."""
+    import tempfile
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="dmltui-parallel-") as folder:
+        path = write_parallel_png(data, Path(folder) / "parallel.png")
+        with Image.open(path) as picture:
+            picture.load()
+            return picture.copy()

@@ -6,6 +6,10 @@ through the others the runs allow; the summary line names it.
 The numbers are ``dmltui compare``'s (``dmltui.compare``); the export writes the same CSV, Markdown
 or LaTeX as ``dmltui compare ... --format``. The runs' metrics.jsonl files are read in a worker
 thread, and again (only appended bytes) when a compared run that is still live changes.
+
+The Parallel tab draws the runs' parallel coordinates under the screen's selection and metric (``m`` there), with
+ranges on its axes (``r``); the Differences tab compares what two runs on one dataset retrieve, computed the first
+time it shows (dmltui/tui/widgets/compare_tabs.py).
 """
 
 from __future__ import annotations
@@ -44,8 +48,10 @@ from dmltui.tui.compare_view import (
 )
 from dmltui.tui.format import tab_bindings
 from dmltui.tui.screens.run import draw_curves
+from dmltui.tui.widgets.compare_tabs import DifferencesPanel, ParallelPanel, RangeScreen
 
-TABS = {"runs": "1 Runs", "groups": "2 Groups", "curves": "3 Curves"}
+TABS = {"runs": "1 Runs", "groups": "2 Groups", "curves": "3 Curves", "parallel": "4 Parallel",
+        "differences": "5 Differences"}
 RUN_COLOURS = ["cyan", "magenta", "green", "yellow", "blue", "red", "white"]  # ANSI names: fine in 16 colours
 
 
@@ -115,7 +121,10 @@ class CompareScreen(Screen):
         Binding("s", "next_selection", "Selection",
                 tooltip="Best values: the next selection (val, last or test-max: which epoch each run's values come from)"),
         Binding("g", "next_group", "Group by", tooltip="Groups: group by the next key (preset, name, a differing config key)"),
-        Binding("m", "next_metric", "Metric", tooltip="Curves: show the next metric"),
+        Binding("m", "next_metric", "Metric", tooltip="Curves, Parallel: show the next metric"),
+        Binding("r", "set_range", "Range", tooltip="Parallel: a range on an axis (only the runs within are drawn)"),
+        Binding("v", "differences_view", "Queries/classes",
+                tooltip="Differences: switch between the queries and recall@1 per class"),
         Binding("e", "export", "Export", tooltip="Write the runs (or groups) table to a CSV, Markdown or LaTeX file"),
     ]
 
@@ -128,6 +137,8 @@ class CompareScreen(Screen):
         self.metrics: list[str] = []
         self.group_by = "preset"
         self.curve_key: str | None = None
+        self.parallel_metric = "e_recall@1"
+        self._parallel_stale = True  # drawn when the Parallel tab shows
         self.files: CompareFiles | None = None
         self.rows_by_run: dict[str, list[dict[str, Any]]] = {}
         self._reading = False
@@ -143,6 +154,10 @@ class CompareScreen(Screen):
                 yield DataTable(id="compare-groups", cursor_type="row", zebra_stripes=True)
             with TabPane(TABS["curves"], id="curves"):
                 yield PlotextPlot(id="compare-plot")
+            with TabPane(TABS["parallel"], id="parallel"):
+                yield ParallelPanel(id="parallel-panel")
+            with TabPane(TABS["differences"], id="differences"):
+                yield DifferencesPanel(id="differences-panel")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -152,6 +167,7 @@ class CompareScreen(Screen):
         self.selection, _ = sel.choose_selection(self.records)
         self.metrics = cmp.default_metrics(self.records, self.split)
         self.curve_key = curve_choices(self.metrics, self.split)[0]
+        self.parallel_metric = self.metrics[0] if self.metrics else self.parallel_metric
         self.files = CompareFiles(self.records)
         self.watch(self.app, "runs_version", self._runs_changed, init=False)
         self.query_one("#compare-runs", DataTable).focus()
@@ -213,6 +229,7 @@ class CompareScreen(Screen):
         self._draw_runs()
         self._draw_groups()
         self._draw_curves()
+        self._draw_parallel()
 
     def _draw_runs(self) -> None:
         table = self.query_one("#compare-runs", DataTable)
@@ -262,6 +279,14 @@ class CompareScreen(Screen):
         colours = {labels[r["id"]]: RUN_COLOURS[i % len(RUN_COLOURS)] for i, r in enumerate(self.records)}
         draw_curves(self.query_one("#compare-plot", PlotextPlot), named, curve_title(key), colours)
 
+    def _draw_parallel(self) -> None:
+        """Now where the Parallel tab shows, else when it next does (the val and last selections read files)."""
+        if self.query_one(TabbedContent).active != "parallel":
+            self._parallel_stale = True
+            return
+        self._parallel_stale = False
+        self.query_one(ParallelPanel).show(self.records, self.parallel_metric, self.split, self.selection)
+
     # --------------------------------------------------------------------------- actions
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -269,12 +294,19 @@ class CompareScreen(Screen):
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
         focus = {"runs": "#compare-runs", "groups": "#compare-groups"}
-        if tab in focus:
-            self.query_one(focus[tab]).focus()
+        if tab in focus:  # at once, not focus()'s later: keys pressed together with this one go to the table
+            self.set_focus(self.query_one(focus[tab]))
+        elif tab == "differences":
+            self.set_focus(self.query_one(DifferencesPanel).focus_target())
 
     @on(TabbedContent.TabActivated)
     def _tab_changed(self) -> None:
         self.refresh_bindings()
+        active = self.query_one(TabbedContent).active
+        if active == "parallel" and self._parallel_stale:
+            self._draw_parallel()
+        elif active == "differences":
+            self.query_one(DifferencesPanel).open(self.records)  # computed once, on the first visit
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         try:
@@ -284,7 +316,13 @@ class CompareScreen(Screen):
         if action == "next_group":
             return active == "groups"
         if action == "next_metric":
-            return active == "curves"
+            return active in ("curves", "parallel")
+        if action == "set_range":
+            return active == "parallel"
+        if action == "differences_view":
+            return active == "differences"
+        if action == "export":  # the runs or groups table
+            return active not in ("parallel", "differences")
         return True
 
     def action_next_selection(self) -> None:
@@ -294,6 +332,7 @@ class CompareScreen(Screen):
         self._update_summary()
         self._draw_runs()
         self._draw_groups()
+        self._draw_parallel()
 
     def action_next_group(self) -> None:
         choices = group_choices(self.records)
@@ -302,10 +341,26 @@ class CompareScreen(Screen):
         self._draw_groups()
 
     def action_next_metric(self) -> None:
+        if self.query_one(TabbedContent).active == "parallel":
+            if self.metrics:
+                index = self.metrics.index(self.parallel_metric) if self.parallel_metric in self.metrics else -1
+                self.parallel_metric = self.metrics[(index + 1) % len(self.metrics)]
+                self._draw_parallel()
+            return
         choices = curve_choices(self.metrics, self.split)
         index = choices.index(self.curve_key) if self.curve_key in choices else -1
         self.curve_key = choices[(index + 1) % len(choices)]
         self._draw_curves()
+
+    def action_set_range(self) -> None:
+        panel = self.query_one(ParallelPanel)
+        if panel.chart is None:
+            self.notify(f"no chart to set a range on: {panel.reason}", severity="warning")
+            return
+        self.app.push_screen(RangeScreen(panel.chart), lambda chart: chart and panel.set_chart(chart))
+
+    def action_differences_view(self) -> None:
+        self.query_one(DifferencesPanel).action_view()
 
     def export_rows(self) -> tuple[str, list[dict[str, Any]]]:
         """What the export writes: the groups table on the Groups tab, else the runs table (a row per run)."""
