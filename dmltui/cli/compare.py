@@ -61,20 +61,19 @@ def chosen_runs(run_ids: list[str] | None = None, where: str | None = None, *, p
     """The runs a table or chart is about: the ids given (each once) or every stored run, narrowed by the --where
     query and the word filters. Without ids, a tag or a query, a study's fold runs are left out (they validate and have
     no test results). Exit 3 for an unknown id, 2 with one line for a bad query."""
-    from dmltui.query import QueryError, select
+    if run_ids:
+        records = list({r["id"]: r for r in map(_find, run_ids)}.values())
+    elif where is None:
+        records = refreshed_runs()
+        if not tag:
+            records = [r for r in records if TUNING_TAG not in r.get("tags", ())]
+    if where is not None:  # lark is imported by the commands that query, only
+        from dmltui.query import QueryError, select
 
-    try:
-        if run_ids:
-            records = list({r["id"]: r for r in map(_find, run_ids)}.values())
-            records = select(records, where) if where is not None else records
-        elif where is not None:
-            records = refreshed_runs(where=where)
-        else:
-            records = refreshed_runs()
-            if not tag:
-                records = [r for r in records if TUNING_TAG not in r.get("tags", ())]
-    except QueryError as error:
-        fail(f"--where: {error}", ExitCode.USAGE)
+        try:
+            records = select(records, where) if run_ids else refreshed_runs(where=where)
+        except QueryError as error:
+            fail(f"--where: {error}", ExitCode.USAGE)
     return [r for r in records if matches(r, preset=preset, tag=tag, dataset=dataset)]
 
 
