@@ -44,6 +44,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
+from dmltui.config_summary import reference
 from dmltui.runs import load_config, strip_seed
 from dmltui.selection import choose_selection, describe, run_selection
 from engine.metric_names import display_name
@@ -182,14 +183,26 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
+def _config_value(record: dict[str, Any], key: str) -> Any:
+    """The run's value of a dotted config key, _MISSING where its config lacks it: from the summary's
+    ``config_changes`` (no file read: grouping thousands of runs in the TUI), else from its config.toml."""
+    changes = record.get("config_changes")
+    if changes is not None and not record.get("config"):
+        value = changes[key] if key in changes else reference().get(key, _MISSING)
+        return _MISSING if value is None else value
+    return flatten_config(load_config(record)).get(key, _MISSING)
+
+
 def group_label(record: dict[str, Any], group_by: str = "preset") -> str:
+    """The run's group under *group_by*: ``preset``, ``name`` without its seed, a dotted config key (``loss.name``
+    or, as a query names it, ``config.loss.name``) or a run field."""
     if group_by == "preset":
         return tuned_label(record) or record.get("preset") or "(no preset)"
     if group_by == "name":
         return strip_seed(record.get("name") or record.get("id") or "")
-    flat = flatten_config(load_config(record))
-    if group_by in flat:
-        return _value_text(flat[group_by])
+    value = _config_value(record, group_by.removeprefix("config."))
+    if value is not _MISSING:
+        return _value_text(value)
     value = record.get(group_by, _MISSING)
     if value is not _MISSING and not isinstance(value, dict):
         return _value_text(value)
@@ -209,12 +222,16 @@ def check_group_key(records: Sequence[dict[str, Any]], group_by: str) -> None:
     """Raise :class:`UnknownGroupKey` unless *group_by* is preset, name, or a config key / run field of some run."""
     if group_by in GROUP_BUILTINS:
         return
+    key = group_by.removeprefix("config.")
+    if any(_config_value(r, key) is not _MISSING or not isinstance(r.get(group_by, {}), dict) for r in records):
+        return
     keys: set[str] = set()
     for record in records:
-        keys.update(flatten_config(load_config(record)))
+        keys.update(k for k in reference() if _config_value(record, k) is not _MISSING)
+        keys.update(k for k in (record.get("config_changes") or {}) if _config_value(record, k) is not _MISSING)
+        if record.get("config_changes") is None or record.get("config"):
+            keys.update(flatten_config(load_config(record)))
         keys.update(k for k, v in record.items() if not isinstance(v, dict))
-    if group_by in keys:
-        return
     close = difflib.get_close_matches(group_by, sorted(keys), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UnknownGroupKey(f"cannot group by {group_by!r}{hint}: use preset, name, or a dotted config key such as "

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dmltui import runs as run_ops
+from dmltui.fields import value_getter
 from dmltui.states import LIVE_STATES, is_final
 from dmltui.store import RunStore
 
@@ -108,19 +109,44 @@ def duration_seconds(record: dict[str, Any], now: datetime | None = None) -> flo
     return max(0.0, (end - start).total_seconds())
 
 
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def sort_value(record: dict[str, Any], field: str) -> Any:
-    """A run field (created_at, name, state, epoch...), ``duration``, or else the best value of a metric; None when absent."""
+    """A run field (created_at, name, state, epoch...), ``duration``, a dotted field (``config.optim.lr``,
+    ``best.test.e_recall@1``: :mod:`dmltui.fields`), or else the best value of a metric; None when absent."""
     if field == "duration":
         return duration_seconds(record)
     if field in record and not isinstance(record[field], (dict, list)):
         return record[field]
+    if "." in field:  # config.KEY, best.SPLIT.METRIC, last.SPLIT.METRIC
+        getter = value_getter(field)
+        return getter(record) if getter else None
     return best_value(record, field)
+
+
+def _orderable(value: Any) -> tuple[int, Any]:
+    """Numbers before text before lists: a config key's values may be of several kinds across runs."""
+    if isinstance(value, (int, float)):
+        return (0, value)
+    if isinstance(value, str):
+        return (1, value)
+    return (2, str(value))
 
 
 def sort_runs(records: Sequence[dict[str, Any]], field: str, *, descending: bool = True) -> list[dict[str, Any]]:
     """Sorted by *field* (stable: ties keep their order); runs without a value always come last."""
     keyed = [(sort_value(r, field), r) for r in records]
-    present = sorted((pair for pair in keyed if pair[0] is not None), key=lambda pair: pair[0], reverse=descending)
+    present = sorted((pair for pair in keyed if pair[0] is not None), key=lambda pair: _orderable(pair[0]),
+                     reverse=descending)
     return [r for _, r in present] + [r for value, r in keyed if value is None]
 
 

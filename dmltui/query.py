@@ -38,12 +38,11 @@ anything again. Nothing is ever evaluated as Python.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import glob
 import operator
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from fnmatch import translate
 from typing import Any
@@ -51,7 +50,7 @@ from typing import Any
 from lark import Lark, Token, Transformer, UnexpectedInput, v_args
 from lark.exceptions import VisitError
 
-from dmltui.config_summary import reference
+from dmltui.fields import RUN_FIELDS, KnownFields, field_kind, unknown_field, value_getter
 
 GRAMMAR = r"""
 ?start: disjunction
@@ -78,12 +77,6 @@ WORD: /[^\s()",'=<>!~]+/
 %ignore /\s+/
 """
 
-TEXT_FIELDS = ("id", "name", "state", "preset", "dataset", "loss", "miner", "executor", "host", "created_at",
-               "started_at", "ended_at", "notes")
-NUMBER_FIELDS = ("seed", "epoch", "epochs")
-LIST_FIELDS = ("tags",)
-RUN_FIELDS = TEXT_FIELDS + NUMBER_FIELDS + LIST_FIELDS
-METRIC_PREFIXES = ("best", "last")
 OPERATORS = "=, !=, <, <=, >, >=, ~, in, has"
 
 NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -98,7 +91,6 @@ EXPECTED_WORDS = {"FIELD": "a field", "_NOT": "'not'", "LPAR": "'('", "OPERATOR"
 QUERY_START = re.compile(r"\s*(?:not\b|\(|[a-z_][\w@.\-]*(?:\s*(?:[=<>~]|!=)|\s+(?:in|has)\b))", re.IGNORECASE)
 
 Test = Callable[[dict[str, Any]], "bool | None"]  # True, False, or None: unknown
-_EMPTY: dict[str, Any] = {}
 
 
 class QueryError(ValueError):
@@ -121,95 +113,6 @@ def quoted_glob(text: str) -> str:
     """A query value that ``~`` and ``has`` match against exactly *text* (its glob characters escaped, quoted)."""
     escaped = glob.escape(text).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-# --------------------------------------------------------------------------- fields
-
-
-class KnownFields(Collection[str]):
-    """The fields that at least one of *records* has a value for: every run field, and the ``config.``, ``best.``
-    and ``last.`` fields their summaries hold. Membership is looked up per field, stopping at the first run that
-    has it (a query names a few fields; thousands of runs share them); listing them all (for suggestions) reads
-    every run once."""
-
-    def __init__(self, records: Iterable[dict[str, Any]]):
-        self.records = list(records)
-        self._known: dict[str, bool] = {}
-
-    def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        if name in RUN_FIELDS:
-            return True
-        if name not in self._known:
-            getter = value_getter(name)
-            self._known[name] = getter is not None and any(getter(record) is not None for record in self.records)
-        return self._known[name]
-
-    @functools.cached_property
-    def _all(self) -> list[str]:
-        """Every field, for suggestions: config keys are the reference's (once a run has config values) and those
-        the runs changed, without looking at which keys some run's config lacks."""
-        names = dict.fromkeys(RUN_FIELDS)
-        with_reference = False  # the reference's keys, once a run has config values
-        for record in self.records:
-            changes = record.get("config_changes")
-            if changes is not None:
-                if not with_reference:
-                    names.update(dict.fromkeys(f"config.{key}" for key in reference()))
-                    with_reference = True
-                names.update(dict.fromkeys(f"config.{key}" for key, value in changes.items() if value is not None))
-            for prefix in METRIC_PREFIXES:
-                names.update(dict.fromkeys(f"{prefix}.{key.replace('/', '.', 1)}" for key in record.get(prefix) or ()))
-        return list(names)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all)
-
-    def __len__(self) -> int:
-        return len(self._all)
-
-
-def value_getter(name: str) -> Callable[[dict[str, Any]], Any] | None:
-    """A function reading the field's value from a store record (None: the run has no value), or None for a name
-    that is no field."""
-    if name == "executor":
-        return lambda record: record.get("executor") or "local"  # local runs carry no executor field
-    if name in LIST_FIELDS:
-        return lambda record: record.get(name) or []
-    if name in RUN_FIELDS:
-        return lambda record: record.get(name)
-    prefix, _, rest = name.partition(".")
-    if prefix == "config" and rest:
-        default = reference().get(rest)
-
-        def config_value(record: dict[str, Any]) -> Any:
-            changes = record.get("config_changes")
-            return None if changes is None else changes.get(rest, default)  # None in the changes: the run lacks it
-
-        return config_value
-    split, _, metric = rest.partition(".")
-    if prefix in METRIC_PREFIXES and split and metric:
-        key = f"{split}/{metric}"
-        if prefix == "best":
-            def best_value(record: dict[str, Any]) -> Any:
-                entry = (record.get("best") or _EMPTY).get(key)
-                return None if entry is None else entry.get("value")
-
-            return best_value
-        return lambda record: (record.get("last") or _EMPTY).get(key)
-    return None
-
-
-def _kind(name: str) -> str | None:
-    """The fixed kind of a field's values ("text", "number", "list"), None where it varies (config keys)."""
-    if name in TEXT_FIELDS:
-        return "text"
-    if name in LIST_FIELDS:
-        return "list"
-    if name in NUMBER_FIELDS or name.split(".", 1)[0] in METRIC_PREFIXES:
-        return "number"
-    return None
 
 
 # --------------------------------------------------------------------------- literals and tests
@@ -351,7 +254,7 @@ class _Compiler(Transformer):
         return getter
 
     def compare(self, field: Token, op: Token, literal: Literal) -> Test:
-        getter, kind = self._getter(field), _kind(field.value)
+        getter, kind = self._getter(field), field_kind(field.value)
         if kind == "list":
             raise QueryError(f"at column {op.column}: {field} is a list: use '{field} has VALUE'")
         if op == "~":
@@ -362,7 +265,7 @@ class _Compiler(Transformer):
         return comparison(getter, op.value, literal)
 
     def member(self, field: Token, keyword: Token, *literals: Literal) -> Test:
-        getter, kind = self._getter(field), _kind(field.value)
+        getter, kind = self._getter(field), field_kind(field.value)
         if kind == "list":
             raise QueryError(f"at column {keyword.column}: {field} is a list: use '{field} has VALUE'")
         for literal in literals:
@@ -370,7 +273,7 @@ class _Compiler(Transformer):
         return membership(getter, list(literals))
 
     def has(self, field: Token, keyword: Token, literal: Literal) -> Test:
-        getter, kind = self._getter(field), _kind(field.value)
+        getter, kind = self._getter(field), field_kind(field.value)
         if kind in ("text", "number"):
             raise QueryError(f"at column {keyword.column}: 'has' looks into lists (tags, list-valued config keys), "
                              f"and {field} is {'text' if kind == 'text' else 'a number'}")
@@ -389,19 +292,6 @@ class _Compiler(Transformer):
 def _check_number(field: Token, kind: str | None, literal: Literal) -> None:
     if kind == "number" and literal.number is None:
         raise QueryError(f"at column {literal.token.column}: {field} is a number, and {literal.token.value} is not one")
-
-
-def unknown_field(name: str, fields: Iterable[str]) -> str:
-    """``unknown field 'config.los.name'; nearest: config.loss.name, ...``, or what fields there are."""
-    known = list(fields)
-    nearest = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-    message = f"unknown field {name!r}; " + (f"nearest: {', '.join(nearest)}" if nearest else
-                                            f"fields: {', '.join(RUN_FIELDS)}, config.KEY, best.SPLIT.METRIC, last.SPLIT.METRIC")
-    prefix = name.split(".", 1)[0]
-    if prefix in ("config", "last") and not any(field.startswith(f"{prefix}.") for field in known):
-        what = "config values" if prefix == "config" else "last metrics"
-        message += f" (no stored run has {what}: runs recorded by an older dmltui get them from `dmltui db rebuild`)"
-    return message
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dmltui.monitor import FileTail, RunsMonitor, epoch_rows
 from dmltui.store import RunStore
 from dmltui.testing import fake_run
 from dmltui.tui.format import duration_text, progress_text, run_cells, started_text
+from dmltui.workspace import table_columns
 
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 
@@ -107,8 +108,8 @@ def test_duration_and_progress_formatting():
 
 
 def test_run_cells_show_best_r_at_1(three_runs):
-    cells = run_cells(three_runs[0], selected=True, now=CLOCK)
-    assert cells["r_at_1"].plain == f"{three_runs[0]['best']['test/e_recall@1']['value']:.4f}"
+    cells = run_cells(three_runs[0], table_columns(None, three_runs), selected=True, now=CLOCK)
+    assert cells["R@1"].plain == f"{three_runs[0]['best']['test/e_recall@1']['value']:.4f}"
     assert cells["mark"].plain == "●" and cells["state"].plain == "finished"
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.text import Text
 from textual.binding import Binding
 
-from dmltui.listing import best_value, duration_seconds, on_slurm, parse_time, where_text
+from dmltui.columns import Column
+from dmltui.listing import best_value, duration_seconds, duration_text, parse_time, where_text
 from dmltui.states import STATE_COLOURS
+from dmltui.workspace import Group
 
 BAR_WIDTH = 8
 
@@ -45,17 +47,6 @@ def started_text(record: dict[str, Any], now: datetime | None = None) -> str:
     return local.strftime("%H:%M:%S") if local.date() == now.astimezone().date() else local.strftime("%Y-%m-%d")
 
 
-def duration_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours >= 24:
-        return f"{hours // 24}d{hours % 24:02d}h"
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def where_cell(record: dict[str, Any]) -> Text:
     """:func:`dmltui.listing.where_text` for the runs table: ``local`` dimmed, a job cut with an ellipsis."""
     return Text(where_text(record), style="dim" if record.get("executor") != "slurm" else "", no_wrap=True,
@@ -77,46 +68,64 @@ def job_text(record: dict[str, Any]) -> Text:
     return text
 
 
-def run_cells(record: dict[str, Any], *, selected: bool = False, now: datetime | None = None) -> dict[str, Any]:
+MARK = "mark"  # the selection mark's column, first in every runs table
+
+
+def _run_cell(col: Column, record: dict[str, Any], now: datetime | None) -> Any:
+    """One cell of a run's row: the built-in columns styled (state colours, a progress bar), the others plain."""
+    key = col.key
+    if key == "state":
+        return state_text(record["state"])
+    if key == "where":
+        return where_cell(record)
+    if key == "epoch":
+        return progress_text(record.get("epoch"), record.get("epochs"))
+    if key == "R@1":
+        return Text(metric_text(best_value(record)), justify="right")
+    if key == "started":
+        return started_text(record, now)
+    if key == "time":
+        return duration_text(duration_seconds(record, now))
+    text = col.text(record)
+    return Text(text, justify="right") if col.numeric else text
+
+
+def run_cells(record: dict[str, Any], columns: Sequence[Column], *, selected: bool = False,
+              now: datetime | None = None) -> dict[str, Any]:
     """The runs table's cells of one run, keyed by column."""
-    return {
-        "mark": Text("●", style="bold cyan") if selected else Text(" "),
-        "state": state_text(record["state"]),
-        "where": where_cell(record),
-        "name": record["name"],
-        "preset": record.get("preset") or "-",
-        "dataset": record.get("dataset") or "-",
-        "method": f"{record.get('loss', '?')}/{record.get('miner', '?')}",
-        "epoch": progress_text(record.get("epoch"), record.get("epochs")),
-        "r_at_1": Text(metric_text(best_value(record)), justify="right"),
-        "started": started_text(record, now),
-        "duration": duration_text(duration_seconds(record, now)),
-    }
+    cells = {col.key: _run_cell(col, record, now) for col in columns}
+    cells[MARK] = Text("●", style="bold cyan") if selected else Text(" ")
+    return cells
 
 
-# column key -> (header, the run field or metric that sorts it, fixed width for cells that change while a run lives
-# (re-measuring a column re-lays out the whole table: too costly every second), None: sized to its content);
-# the most useful first, for 80 columns; "where" only while some run is on SLURM (see shown_columns)
-RUN_COLUMNS = {
-    "mark": (" ", None, 1),
-    "state": ("state", "state", 8),
-    "where": ("where", None, 24),
-    "name": ("name", "name", None),
-    "epoch": ("epoch", "epoch", 16),
-    "r_at_1": ("best R@1", "e_recall@1", 8),
-    "dataset": ("dataset", "dataset", None),
-    "method": ("loss/miner", "loss", None),
-    "preset": ("preset", "preset", None),
-    "started": ("started", "created_at", 10),
-    "duration": ("time", "duration", 8),
-}
+def stat_text(entry: dict[str, Any] | None, runs: int) -> Text:
+    """A group's metric cell: ``0.6123±0.0100`` (the mean ± std of compare --group-by), with ``n=3`` when fewer of
+    its runs than the group's count went into it (only finished runs do); ``…`` while being computed."""
+    if entry is None or entry.get("mean") is None:
+        return Text("-", justify="right")
+    text = Text(f"{entry['mean']:.4f}±{entry['std']:.4f}", justify="right")
+    if entry["n"] != runs:
+        text.append(f" n={entry['n']}", style="dim")
+    return text
 
 
-def shown_columns(records: Iterable[dict[str, Any]]) -> list[str]:
-    """The runs table's columns: every one of RUN_COLUMNS, less "where" when no run is on SLURM (runs on this machine
-    alone need no column saying so)."""
-    slurm = on_slurm(records)
-    return [key for key in RUN_COLUMNS if key != "where" or slurm]
+def group_cells(group: Group, columns: Sequence[Column], *, expanded: bool, selected: int = 0) -> dict[str, Any]:
+    """A group row's cells: its label and count, the mean ± std of each metric column, and for the other columns the
+    value its runs share (``…`` where they differ)."""
+    cells: dict[str, Any] = {MARK: Text("▾" if expanded else "▸", style="bold")}
+    for col in columns:
+        if col.key == "state":
+            cells[col.key] = Text(f"{len(group.runs)} runs", style="dim")
+        elif col.key == "name":
+            cells[col.key] = Text(group.label + (f" ({selected} selected)" if selected else ""), style="bold")
+        elif col.metric:
+            cells[col.key] = stat_text((group.stats or {}).get(col.key), len(group.runs)) if group.stats is not None \
+                else Text("…", justify="right", style="dim")
+        elif col.key in ("epoch", "started", "time", "where", "id"):
+            cells[col.key] = ""
+        else:
+            cells[col.key] = group.common_text(col)
+    return cells
 
 
 TAB_KEYS = Binding.Group("Tabs", compact=True)  # the footer shows "12345 Tabs" once instead of five hints

@@ -13,13 +13,15 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from dmltui.compare import logged_metrics
+from dmltui.columns import BUILTIN, Column, column
+from dmltui.compare import UnknownGroupKey, logged_metrics
 from dmltui.listing import parse_filter, record_filter, search_text, sort_runs, sort_value
 from dmltui.states import LIVE_STATES
-from dmltui.tui.format import RUN_COLUMNS, run_cells, shown_columns
+from dmltui.tui.format import MARK, group_cells, run_cells
 from dmltui.tui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from dmltui.tui.widgets.gpu_panel import GpuPanel
 from dmltui.tui.widgets.runs_table import RunsTable
+from dmltui.workspace import Group, group_statistics, is_group_row, make_groups, sort_groups, table_columns, table_rows
 from engine.metric_names import display_name
 
 PATCH_LIMIT = 50  # more changed runs than this at once: redraw the list
@@ -36,11 +38,13 @@ class RunsScreen(Screen):
         Binding("s", "sort", "Sort", tooltip="Sort by a column or a metric"),
         Binding("o", "flip_order", "Order", show=False, tooltip="Reverse the sort order"),
         Binding("t", "tag_filter", "Tag", show=False, tooltip="Show only runs with a tag"),
-        Binding("space", "toggle_select", "Select", tooltip="Select or unselect the run for comparison"),
+        Binding("space", "toggle_select", "Select", tooltip="Select or unselect the run (a group: all its runs) for comparison"),
         Binding("c", "compare", "Compare", tooltip="Compare the selected runs (or all shown runs)"),
         Binding("S", "studies", "Studies", show=False, key_display="S",
                 tooltip="Hyperparameter studies (dmltui tune): trials, plots, importances"),
         Binding("x", "stop", "Stop", tooltip="Stop the run: SIGTERM, the engine checkpoints, SIGKILL after 30 s"),
+        Binding("f", "pick_columns", "Columns", tooltip="Add or remove columns: run fields, config keys, metrics"),
+        Binding("g", "group", "Group", tooltip="Group the runs by a field or config key: count and mean ± std per group"),
         Binding("r", "resume", "Resume", show=False, tooltip="Resume a stopped, crashed or failed run from its checkpoint"),
         Binding("R", "rerun", "Rerun", show=False, key_display="R", tooltip="Start a new run with the same config"),
         Binding("d", "delete", "Delete", show=False, tooltip="Delete the run and its run directory"),
@@ -52,7 +56,13 @@ class RunsScreen(Screen):
         self.sort_field = "created_at"
         self.descending = True
         self.selected: set[str] = set()
-        self.shown: list[dict[str, Any]] = []
+        self.shown: list[dict[str, Any]] = []  # the runs the filter passes, sorted
+        self.rows: list[Any] = []  # what the table shows: those runs, or groups and the runs of the open ones
+        self.column_keys: list[str] | None = None  # None: the default columns
+        self.columns: list[Column] = []
+        self.group_by: str | None = None
+        self.expanded: set[str] = set()  # the open groups' ids
+        self._stats: tuple[Any, dict[str, dict[str, dict]] | None] | None = None  # (groups' signature, statistics)
         self._search_texts: dict[str, tuple[dict[str, Any], str]] = {}
         self._filter_text = ""  # the filter box's text that _passes was made from
         self._passes: Callable[[dict[str, Any]], bool] | None = None  # the filter's test of a run; None: all pass
@@ -62,7 +72,7 @@ class RunsScreen(Screen):
         yield Input(placeholder="/ filter: words, state:running, tag:paper, dataset:cub200, preset:…", id="filter")
         yield Static(id="filter-error")
         yield Static(id="summary")
-        table = RunsTable(shown_columns([]), id="runs")
+        table = RunsTable(table_columns(None, []), id="runs")
         yield table
         yield Static(id="empty")
         yield GpuPanel()
@@ -88,12 +98,14 @@ class RunsScreen(Screen):
         """Show the changed runs' new records in their rows, when that keeps which runs are shown and their order
         (a live run's epoch or metric moved): a few cells instead of filtering and sorting thousands of runs.
         False when a full redraw is needed."""
+        if self.group_by:
+            return False  # a group's count and statistics may have changed
         passes = self.current_filter() or (lambda _record: True)
         position = {record["id"]: index for index, record in enumerate(self.shown)}
         shown = list(self.shown)
         for run_id in changed:
             record = self.app.monitor.records[run_id]
-            if record.get("executor") == "slurm" and "where" not in self.table.column_order:
+            if record.get("executor") == "slurm" and self.column_keys is None and "where" not in self.table.column_order:
                 return False  # the first run on SLURM: the "where" column appears
             index = position.get(run_id)
             if (index is not None) != passes(record):
@@ -103,9 +115,8 @@ class RunsScreen(Screen):
             if sort_value(shown[index], self.sort_field) != sort_value(record, self.sort_field):
                 return False
             shown[index] = record
-        self.shown = shown
-        now = self.app.now()
-        self.table.show(shown, lambda record: run_cells(record, selected=record["id"] in self.selected, now=now))
+        self.shown = self.rows = shown
+        self.table.show(shown, self._cells())
         self._update_summary()
         return True
 
@@ -154,14 +165,60 @@ class RunsScreen(Screen):
         return sort_runs(records, self.sort_field, descending=self.descending)
 
     def redraw(self, *, force: bool = False) -> None:
-        """Show the filtered, sorted runs; *force* re-renders every cell (the selection marks changed)."""
-        now = self.app.now()
+        """Show the filtered, sorted runs (or their groups); *force* re-renders every cell (the selection marks
+        changed)."""
         self.shown = self.visible_runs()
-        self.table.set_columns(shown_columns(self.app.monitor.records.values()))
-        self.table.show(self.shown, lambda record: run_cells(record, selected=record["id"] in self.selected, now=now),
-                        force=force, cursor=self.cursor_run_id())
+        self.columns = table_columns(self.column_keys, self.app.monitor.records.values(), grouped=bool(self.group_by))
+        groups = self._groups(self.shown)
+        self.rows = table_rows(self.shown, groups, self.expanded, self.sort_field, descending=self.descending)
+        self.table.set_columns(self.columns)
+        self.table.show(self.rows, self._cells(), force=force, cursor=self.cursor_run_id())
         self._update_summary()
         self._update_empty_state()
+
+    def _cells(self) -> Callable[[Any], dict[str, Any]]:
+        now, columns, selected = self.app.now(), self.columns, self.selected
+
+        def cells(row: Any) -> dict[str, Any]:
+            if isinstance(row, Group):
+                chosen = sum(run["id"] in selected for run in row.runs)
+                return group_cells(row, columns, expanded=row.id in self.expanded, selected=chosen)
+            return run_cells(row, columns, selected=row["id"] in selected, now=now)
+
+        return cells
+
+    def _groups(self, records: list[dict[str, Any]]) -> list[Group] | None:
+        """The shown runs' groups under self.group_by, with their statistics where computed for these very
+        records (else a worker computes them, and the rows show … meanwhile)."""
+        if not self.group_by:
+            return None
+        try:
+            groups = make_groups(records, self.group_by)
+        except UnknownGroupKey as error:
+            self.group_by = None
+            self.notify(str(error), severity="error")
+            return None
+        signature = (self.group_by, tuple(c.key for c in self.columns if c.metric),
+                     tuple((g.id, tuple(map(id, g.runs))) for g in groups))
+        if self._stats is not None and self._stats[0] == signature:
+            for group in groups:  # (None while the worker computes them)
+                if self._stats[1] is not None:
+                    group.stats = self._stats[1].get(group.id, {})
+        else:
+            self._stats = (signature, None)
+            self.compute_group_statistics(signature, groups, self.group_by, self.columns)
+        return sort_groups(groups, self.sort_field, self.columns, descending=self.descending)
+
+    @work(thread=True, group="group-statistics", exclusive=True, exit_on_error=False)
+    def compute_group_statistics(self, signature: Any, groups: list[Group], group_by: str, columns: list[Column]) -> None:
+        """compare --group-by's mean ± std of each group's metric cells."""
+        statistics = group_statistics(groups, group_by, columns)
+        self.app.call_from_thread(self._statistics_ready, signature, statistics)
+
+    def _statistics_ready(self, signature: Any, statistics: dict[str, dict[str, dict]]) -> None:
+        if self._stats is not None and self._stats[0] == signature:  # else the groups changed meanwhile
+            self._stats = (signature, statistics)
+            self.redraw()
 
     def _update_empty_state(self) -> None:
         """In place of an empty table: what the tool is and how to start, or why the filter shows nothing."""
@@ -187,34 +244,43 @@ class RunsScreen(Screen):
     def _update_summary(self) -> None:
         records = self.app.monitor.records
         live = self.app.monitor.live_count()
-        header = RUN_COLUMNS[column][0] if (column := self.sort_field_column()) in RUN_COLUMNS else self.sort_field
         parts = [f"{len(self.shown)} of {len(records)} runs", f"{live} live",
-                 f"sort: {header} {'↓' if self.descending else '↑'}"]
+                 f"sort: {self.sort_header()} {'↓' if self.descending else '↑'}"]
+        if self.group_by:
+            groups = sum(isinstance(row, Group) for row in self.rows)
+            parts.append(f"{groups} group{'s' * (groups != 1)} by {self.group_by}")
         if self.selected:
             parts.append(f"{len(self.selected)} selected")
         if self.app.store_error:
             parts.append("[red]store unreadable[/]")
         self.query_one("#summary", Static).update(" · ".join(parts))
 
-    def sort_field_column(self) -> str:
-        for key, (_header, field, _width) in RUN_COLUMNS.items():
-            if field == self.sort_field:
-                return key
+    def sort_header(self) -> str:
+        """The sort field as a column's header names it (``best R@1`` for e_recall@1), else the field itself."""
+        for col in [*self.columns, *BUILTIN.values()]:
+            if col.sort_field == self.sort_field:
+                return col.header
         return self.sort_field
 
     def _tick(self) -> None:
         """Running runs' durations advance without any I/O."""
         now = self.app.now()
         for record in self.app.monitor.live():
-            if record["state"] == "running" and self.table.is_loaded(record["id"]):
-                self.table.update_cell(record["id"], "duration", run_cells(record, now=now)["duration"])
+            if record["state"] == "running" and "time" in self.table.column_order and self.table.is_loaded(record["id"]):
+                self.table.update_cell(record["id"], "time", run_cells(record, [BUILTIN["time"]], now=now)["time"])
 
     def cursor_run_id(self) -> str | None:
+        """The row key under the cursor: a run's id, or a group's (``group:...``)."""
         return self.table.cursor_row_key()
+
+    def cursor_group(self) -> Group | None:
+        key = self.cursor_run_id()
+        return next((row for row in self.rows if isinstance(row, Group) and row.id == key), None) \
+            if is_group_row(key) else None
 
     def cursor_record(self) -> dict[str, Any] | None:
         run_id = self.cursor_run_id()
-        return self.app.run_record(run_id) if run_id else None
+        return self.app.run_record(run_id) if run_id and not is_group_row(run_id) else None
 
     # --------------------------------------------------------------------------- filter and sort
     @on(Input.Changed, "#filter")
@@ -249,12 +315,13 @@ class RunsScreen(Screen):
         self.redraw(force=True)
 
     def action_sort(self) -> None:
-        choices = [(field, header) for header, field, _width in RUN_COLUMNS.values() if field]
-        fields = {field for field, _ in choices}
+        choices: dict[str, str] = {}
+        for col in [*self.columns, *BUILTIN.values()]:
+            if col.sort_field and col.sort_field not in choices:
+                choices[col.sort_field] = col.header
         for metric in logged_metrics(self.app.monitor.runs()):
-            if metric not in fields:
-                choices.append((metric, f"best {display_name(metric)}"))
-        self.app.push_screen(ChoiceScreen("Sort by", choices, current=self.sort_field), self._sort_chosen)
+            choices.setdefault(metric, f"best {display_name(metric)}")
+        self.app.push_screen(ChoiceScreen("Sort by", list(choices.items()), current=self.sort_field), self._sort_chosen)
 
     def _sort_chosen(self, field: str | None) -> None:
         if field:
@@ -271,9 +338,46 @@ class RunsScreen(Screen):
 
     @on(DataTable.HeaderSelected)
     def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
-        _header, field, _width = RUN_COLUMNS[event.column_key.value]
+        key = event.column_key.value
+        field = None if key == MARK else column(key).sort_field
         if field:
             self.sort_by(field)
+
+    def action_pick_columns(self) -> None:
+        from dmltui.fields import KnownFields
+        from dmltui.tui.screens.columns import ColumnsScreen
+
+        defaults = [c.key for c in table_columns(None, self.app.monitor.records.values())]
+        self.app.push_screen(ColumnsScreen([c.key for c in self.columns], KnownFields(self.app.monitor.runs()), defaults),
+                             self._columns_chosen)
+
+    def _columns_chosen(self, keys: list[str] | None) -> None:
+        if keys is not None:
+            self.set_columns(keys)
+
+    def set_columns(self, keys: list[str] | None) -> None:
+        """Show these columns (dmltui.columns keys; None: the default ones)."""
+        defaults = [c.key for c in table_columns(None, self.app.monitor.records.values())]
+        self.column_keys = None if keys is None or keys == defaults else list(keys)
+        self.redraw()
+
+    def action_group(self) -> None:
+        choices = [("", "(no groups)"), ("preset", "preset"), ("name", "name without its seed"), ("dataset", "dataset"),
+                   ("loss", "loss"), ("miner", "miner"), ("state", "state")]
+        changed = sorted({key for run in self.app.monitor.runs() for key, value in (run.get("config_changes") or {}).items()
+                          if value is not None})  # the keys some run set: what a sweep varies
+        shown = [c.key for c in self.columns if c.key.startswith("config.")]
+        choices += [(key, key) for key in dict.fromkeys([*shown, *(f"config.{key}" for key in changed)])]
+        self.app.push_screen(ChoiceScreen("Group runs by", choices, current=self.group_by or ""), self._group_chosen)
+
+    def _group_chosen(self, key: str | None) -> None:
+        if key is not None:
+            self.set_group_by(key or None)
+
+    def set_group_by(self, key: str | None) -> None:
+        """One row per group of the shown runs under *key* (None: no groups); groups start closed."""
+        self.group_by, self.expanded = key, set()
+        self.redraw()
 
     def action_tag_filter(self) -> None:
         tags = sorted({t for r in self.app.monitor.runs() for t in r.get("tags", [])})
@@ -300,8 +404,15 @@ class RunsScreen(Screen):
         run_id = self.cursor_run_id()
         if run_id is None:
             return
+        group = self.cursor_group()
+        if group is not None:  # a group: all its runs, or none of them once all are selected
+            ids = {run["id"] for run in group.runs}
+            self.selected = self.selected - ids if ids <= self.selected else self.selected | ids
+            self.table.action_cursor_down()
+            self.redraw(force=True)
+            return
         self.selected ^= {run_id}
-        self.table.update_cell(run_id, "mark", run_cells(self.app.run_record(run_id), selected=run_id in self.selected)["mark"])
+        self.table.update_cell(run_id, MARK, run_cells(self.app.run_record(run_id), [], selected=run_id in self.selected)[MARK])
         self.table.action_cursor_down()
         self._update_summary()
 
@@ -310,10 +421,14 @@ class RunsScreen(Screen):
         self.action_open()
 
     def action_open(self) -> None:
+        """A run's screen; on a group row, open or close the group."""
         from dmltui.tui.screens.run import RunScreen
 
         run_id = self.cursor_run_id()
-        if run_id:
+        if is_group_row(run_id):
+            self.expanded ^= {run_id}
+            self.redraw()
+        elif run_id:
             self.app.push_screen(RunScreen(run_id))
 
     def action_studies(self) -> None:

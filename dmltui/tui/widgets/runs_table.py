@@ -14,17 +14,19 @@ from typing import Any
 from textual._two_way_dict import TwoWayDict
 from textual.widgets import DataTable
 
-from dmltui.tui.format import RUN_COLUMNS
+from dmltui.columns import Column
+from dmltui.tui.format import MARK
+from dmltui.workspace import row_id
 
 CHUNK_PAUSE = 0.01  # seconds between chunks: keys typed meanwhile are answered before the next chunk
-Cells = Callable[[dict[str, Any]], dict[str, Any]]
+Cells = Callable[[Any], dict[str, Any]]  # a row (a run's record or a group) -> its cells by column key
 
 
 class RunsTable(DataTable):
     FIRST_ROWS = 100  # more than a screenful on any terminal: what the first paint waits for
     CHUNK_ROWS = 400  # about 50 ms of measuring per refresh
 
-    def __init__(self, columns: list[str], **kwargs: Any):
+    def __init__(self, columns: list[Column], **kwargs: Any):
         self._order_version = 0  # (before DataTable's own __init__, which already asks for the row order)
         self._order_cache: tuple[tuple[int, int], list[Any], list[tuple[Any, int]]] | None = None
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
@@ -34,17 +36,22 @@ class RunsTable(DataTable):
         self._cursor_wanted: str | None = None
         self._generation = 0  # of the list being loaded: a rebuild stops the chunks of the one before
         self.column_order: list[str] = []
+        self._widths: list[int | None] = []
         self.set_columns(columns)
 
-    def set_columns(self, columns: list[str]) -> None:
-        """Show these columns of RUN_COLUMNS, in this order; a change empties the table (the next show rebuilds it)."""
-        if columns == self.column_order:
+    def set_columns(self, columns: list[Column]) -> None:
+        """Show the selection mark, then these columns in this order; a change empties the table (the next show
+        rebuilds it)."""
+        keys = [MARK, *(c.key for c in columns)]
+        widths = [c.width for c in columns]
+        if keys == self.column_order and widths == self._widths:
             return
+        self._widths = widths
         self.clear(columns=True)
-        for key in columns:
-            header, _field, width = RUN_COLUMNS[key]
-            self.add_column(header, key=key, width=width)
-        self.column_order = columns
+        self.add_column(" ", key=MARK, width=1)
+        for col in columns:
+            self.add_column(col.header, key=col.key, width=col.width)
+        self.column_order = keys
         self.records, self.loaded = [], 0
 
     @property
@@ -57,11 +64,11 @@ class RunsTable(DataTable):
         (the monitor replaces a run's record when it changes); *cursor* is the run id to keep the cursor on."""
         previous = self.records
         self._cells = cells
-        if [r["id"] for r in previous] == [r["id"] for r in records]:  # rows still to load will use the new records
+        if [row_id(r) for r in previous] == [row_id(r) for r in records]:  # rows still to load will use the new records
             self._update_changed(previous[:self.loaded], records[:self.loaded], force)
-        elif not self.pending and len(previous) == len(records) and {r["id"] for r in previous} == {r["id"] for r in records}:
+        elif not self.pending and len(previous) == len(records) and {row_id(r) for r in previous} == {row_id(r) for r in records}:
             self._update_changed(previous, records, force)
-            self._reorder([r["id"] for r in records])
+            self._reorder([row_id(r) for r in records])
         else:
             self.records = records
             self._rebuild(cursor)
@@ -110,15 +117,16 @@ class RunsTable(DataTable):
         return run_id in self.rows
 
     def _update_changed(self, previous: list[dict[str, Any]], records: list[dict[str, Any]], force: bool) -> None:
-        shown = {r["id"]: r for r in previous}
+        shown = {row_id(r): r for r in previous}
         for record in records:
-            if shown.get(record["id"]) is record and not force:
+            key = row_id(record)
+            if shown.get(key) is record and not force:
                 continue
             cells = self._cells(record)
             for column in self.column_order:
                 value = cells[column]
-                if str(self.get_cell(record["id"], column)) != str(value):
-                    self.update_cell(record["id"], column, value)
+                if str(self.get_cell(key, column)) != str(value):  # a column sized to its content grows with it
+                    self.update_cell(key, column, value, update_width=self.columns[column].auto_width)
 
     def _reorder(self, keys: list[str]) -> None:
         """Rows in a new order, without re-adding (and re-measuring) them: what DataTable.sort does, with the order
@@ -152,7 +160,7 @@ class RunsTable(DataTable):
         batch = self.records[self.loaded:self.loaded + count]
         for record in batch:
             cells = self._cells(record)
-            self.add_row(*(cells[key] for key in self.column_order), key=record["id"])
+            self.add_row(*(cells[key] for key in self.column_order), key=row_id(record))
         self.loaded += len(batch)
         if self._cursor_wanted is not None and self._cursor_wanted in self.rows:
             self.move_cursor(row=self.get_row_index(self._cursor_wanted), animate=False)
