@@ -45,7 +45,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from dmltui.config_summary import reference
-from dmltui.runs import load_config, strip_seed
+from dmltui.runs import config_value, load_config, strip_seed
 from dmltui.selection import choose_selection, describe, run_selection
 from engine.metric_names import display_name
 
@@ -184,13 +184,7 @@ def _value_text(value: Any) -> str:
 
 
 def _config_value(record: dict[str, Any], key: str) -> Any:
-    """The run's value of a dotted config key, _MISSING where its config lacks it: from the summary's
-    ``config_changes`` (no file read: grouping thousands of runs in the TUI), else from its config.toml."""
-    changes = record.get("config_changes")
-    if changes is not None and not record.get("config"):
-        value = changes[key] if key in changes else reference().get(key, _MISSING)
-        return _MISSING if value is None else value
-    return flatten_config(load_config(record)).get(key, _MISSING)
+    return config_value(record, key, _MISSING)
 
 
 def group_label(record: dict[str, Any], group_by: str = "preset") -> str:

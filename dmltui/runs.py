@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dmltui import home, states
-from dmltui.config_summary import config_changes
+from dmltui.config_summary import config_changes, flatten, reference
 from dmltui.executors import slurm
 from dmltui.gpus import resolve_request
 from dmltui.states import LIVE_STATES, RESUMABLE_STATES, pid_alive
@@ -265,6 +265,18 @@ def load_config(record: dict[str, Any]) -> dict[str, Any]:
     except OSError:
         return {}
     return copy.deepcopy(_parsed_config(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+def config_value(record: dict[str, Any], key: str, default: Any = None) -> Any:
+    """The run's value of a dotted config key (``optim.lr``), *default* where its config lacks it: from the
+    summary's ``config_changes`` (no file read: tables group and select thousands of runs), else from its
+    config.toml."""
+    changes = record.get("config_changes")
+    if changes is not None and not record.get("config"):
+        value = changes[key] if key in changes else reference().get(key)
+    else:
+        value = flatten(load_config(record)).get(key)
+    return default if value is None else value
 
 
 @functools.lru_cache(maxsize=4096)

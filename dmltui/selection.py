@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dmltui.runs import load_config
+from dmltui.runs import config_value
 from engine.io import read_jsonl
 from engine.metric_names import display_name
 from engine.rundir import best_metrics
@@ -114,7 +114,7 @@ def select_epoch(lines: Sequence[dict[str, Any]], selection: str, *, split: str 
 def selector_of(record: dict[str, Any]) -> str:
     """The validation metric that selects the run's epoch: its first storage metric (the one that chose its best
     checkpoint), else R@1."""
-    storage = (load_config(record).get("eval") or {}).get("storage_metrics") or []
+    storage = config_value(record, "eval.storage_metrics", [])
     return storage[0] if storage else DEFAULT_SELECTOR
 
 

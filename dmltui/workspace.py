@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dmltui.columns import TUI_DEFAULT, Column, column
-from dmltui.compare import MetricNotLogged, group_runs, group_summary
+from dmltui.compare import group_runs, group_summary, logged_metrics
 from dmltui.listing import on_slurm, sort_runs
 from dmltui.selection import has_validation
 
@@ -45,8 +45,9 @@ class Group:
     def common_text(self, col: Column) -> str:
         """The column's text where every run of the group shows the same, else ``…``."""
         if col.key not in self._common:
-            texts = {col.text(run) for run in self.runs}
-            self._common[col.key] = texts.pop() if len(texts) == 1 else "…"
+            first = col.value(self.runs[0])
+            same = all(col.value(run) == first for run in self.runs)  # (stops at the first that differs)
+            self._common[col.key] = col.format(first) if same else "…"
         return self._common[col.key]
 
     @property
@@ -110,22 +111,26 @@ def table_rows(records: Sequence[dict[str, Any]], groups: list[Group] | None, ex
 def group_statistics(groups: Sequence[Group], group_by: str, columns: Sequence[Column]) -> dict[str, dict[str, dict]]:
     """Per group id: column key -> the mean ± std (ddof=0) over the group's finished runs of the values its metric
     column shows in their rows, from ``compare --group-by``'s function: a run's best value of the metric on the
-    column's split (``--select test-max --split SPLIT``; best R@1 reads val where every run has one, as its cells
-    do). So a group's cell is the mean of the cells under it. A metric no finished run logged has no entry."""
+    column's split (``--select test-max --split SPLIT``; best R@1 reads val where every finished run has one, as
+    its cells do, and test otherwise: a group's mean never mixes splits). So a group's cell is the mean of the cells under it. A metric no finished run logged has no entry.
+    (group_summary reads only the summaries under test-max: no file.)"""
     runs = [run for group in groups for run in group.runs]
     finished = [run for run in runs if run.get("state") == "finished"]
     on_val = bool(finished) and all(has_validation(run) for run in finished)
     found: dict[str, dict[str, dict]] = {group.id: {} for group in groups}
+    by_split: dict[str, dict[str, list[str]]] = {}  # split -> metric -> the column keys showing it
     for col in columns:
-        if not col.metric:
+        if col.metric:
+            split = col.metric[0] or ("val" if on_val else "test")
+            by_split.setdefault(split, {}).setdefault(col.metric[1], []).append(col.key)
+    for split, metrics in by_split.items():
+        on_split = set(logged_metrics(finished, split))
+        logged = [metric for metric in metrics if metric in on_split]
+        if not logged:
             continue
-        split = col.metric[0] or ("val" if on_val else "test")
-        try:  # one metric at a time: one that no run logged must not hide the others
-            rows = group_summary(runs, group_by, [col.metric[1]], split, selection="test-max")
-        except MetricNotLogged:
-            continue
-        for row in rows:
+        for row in group_summary(runs, group_by, logged, split, selection="test-max"):
             key = f"{GROUP_PREFIX}{row['dataset']}\x1f{row['group']}"
-            if key in found:
-                found[key][col.key] = row["metrics"][col.metric[1]]
+            for metric in logged:
+                for column_key in metrics[metric]:
+                    found[key][column_key] = row["metrics"][metric]
     return found

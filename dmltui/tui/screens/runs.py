@@ -198,22 +198,27 @@ class RunsScreen(Screen):
             self.group_by = None
             self.notify(str(error), severity="error")
             return None
-        signature = (self.group_by, tuple(c.key for c in self.columns if c.metric),
-                     tuple((g.id, tuple(map(id, g.runs))) for g in groups))
+        # the same run records (the monitor replaces a record that changed) in any order: the same statistics
+        signature = (self.group_by, tuple(c.key for c in self.columns if c.metric), frozenset(map(id, records)))
         if self._stats is not None and self._stats[0] == signature:
             for group in groups:  # (None while the worker computes them)
                 if self._stats[1] is not None:
                     group.stats = self._stats[1].get(group.id, {})
         else:
             self._stats = (signature, None)
-            self.compute_group_statistics(signature, groups, self.group_by, self.columns)
+            self._compute_statistics(signature, groups, self.group_by, self.columns)
         return sort_groups(groups, self.sort_field, self.columns, descending=self.descending)
 
-    @work(thread=True, group="group-statistics", exclusive=True, exit_on_error=False)
-    def compute_group_statistics(self, signature: Any, groups: list[Group], group_by: str, columns: list[Column]) -> None:
-        """compare --group-by's mean ± std of each group's metric cells."""
-        statistics = group_statistics(groups, group_by, columns)
-        self.app.call_from_thread(self._statistics_ready, signature, statistics)
+    def _compute_statistics(self, signature: Any, groups: list[Group], group_by: str, columns: list[Column]) -> None:
+        """compare --group-by's mean ± std of each group's metric cells, in a thread (run_worker, not @work: that
+        one describes a worker by the repr of its arguments, thousands of records)."""
+
+        def compute() -> None:
+            statistics = group_statistics(groups, group_by, columns)
+            self.app.call_from_thread(self._statistics_ready, signature, statistics)
+
+        self.run_worker(compute, thread=True, group="group-statistics", exclusive=True, exit_on_error=False,
+                        description=f"group statistics by {group_by}")
 
     def _statistics_ready(self, signature: Any, statistics: dict[str, dict[str, dict]]) -> None:
         if self._stats is not None and self._stats[0] == signature:  # else the groups changed meanwhile
