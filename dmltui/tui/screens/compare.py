@@ -77,7 +77,7 @@ class ExportScreen(ModalScreen[tuple[str, str] | None]):
 
     def on_mount(self) -> None:
         formats = self.query_one(OptionList)
-        formats.focus()
+        self.set_focus(formats)
         formats.highlighted = list(EXPORT_FORMATS).index(self.fmt)
 
     @on(OptionList.OptionHighlighted, "#formats")
@@ -89,7 +89,8 @@ class ExportScreen(ModalScreen[tuple[str, str] | None]):
 
     @on(OptionList.OptionSelected, "#formats")
     def _format_chosen(self) -> None:
-        self.query_one("#export-path", Input).focus()
+        # at once (set_focus, not focus()'s call_later): a path typed right after enter goes into the box
+        self.set_focus(self.query_one("#export-path", Input))
 
     @on(Input.Submitted, "#export-path")
     def _submitted(self) -> None:
