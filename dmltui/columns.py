@@ -70,7 +70,7 @@ BUILTIN = {column.key: column for column in (
     Column("started", "started", "created_at", 10, lambda r: r.get("started_at") or r.get("created_at"),
            format=_local_minute),
     Column("time", "time", "duration", 8, duration_seconds, numeric=True, format=duration_text),
-    Column("tags", "tags", None, None, lambda r: r.get("tags") or []),
+    Column("tags", "tags", None, None, lambda r: r.get("tags") or [], format=",".join),
     Column("notes", "notes", "notes", None, lambda r: r.get("notes") or ""),
 )}
 

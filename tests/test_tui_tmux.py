@@ -90,3 +90,39 @@ def test_the_first_five_minutes_in_tmux(isolated_env):
             time.sleep(0.2)
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True)
+
+
+def test_the_runs_workspace_in_tmux(isolated_env):
+    """At 80x24, as typed: a config key found in the column picker, the runs grouped by it with their mean ± std, a
+    group opened onto its runs."""
+    from dmltui.listing import best_value
+    from dmltui.testing import fake_run
+
+    runs = [fake_run(isolated_env, name=f"{loss}-lr{lr:g}-s{index // 4}", loss=loss, seed=index // 4, index=index,
+                     ceiling=0.5 + 0.05 * (loss == "margin") + 0.01 * index, epochs=4, overrides={"optim": {"lr": lr}})
+            for index, (loss, lr) in enumerate([(loss, lr) for loss in ("margin", "triplet") for lr in (1e-5, 1e-4)] * 2)]
+    script = Path(sys.executable).with_name("dmltui")
+    tmux = Tmux(f"dmltui-test-{os.getpid()}")
+    env = [f"{name}={os.environ[name]}" for name in ("DMLTUI_HOME", "DMLTUI_DATA")]
+    tmux("new-session", "-d", "-s", tmux.session, "-x", "80", "-y", "24", "env", *env, "TERM=xterm-256color", str(script))
+    try:
+        tmux("set-option", "-s", "escape-time", "0")
+        tmux.wait_for(r"8 of 8 runs", 30)
+        tmux.keys("f")
+        tmux.wait_for(r"Columns: type to find one", 10)
+        tmux("send-keys", "-t", tmux.session, "-l", "lr")  # typed at once, as a paste
+        tmux.wait_for(r"config\.optim\.lr", 10)
+        tmux.keys("Enter", "Escape")
+        screen = tmux.wait_for(r"optim\.lr", 10)
+        assert re.search(r"margin-lr1e-05-s1 .* 1e-05 ", screen), screen
+        tmux.keys("g")
+        tmux.wait_for(r"Group runs by", 10)
+        tmux.keys(*["Down"] * 4, "Enter")  # (no groups), preset, name, dataset, loss
+        screen = tmux.wait_for(r"2 groups by loss", 10)
+        mean = sum(best_value(run) for run in runs if run["loss"] == "margin") / 4
+        assert re.search(rf"▸\s+4 runs\s+margin\s+.*{mean:.4f}±", screen), screen
+        tmux.keys("Enter")
+        screen = tmux.wait_for(r"▾\s+4 runs\s+margin", 10)
+        assert len(re.findall(r"finished\s+margin-lr", screen)) == 4, screen
+    finally:
+        subprocess.run([*tmux.base, "kill-server"], capture_output=True)

@@ -148,7 +148,8 @@ def test_the_column_picker_finds_a_config_key_and_the_table_sorts_by_it(sweep):
         await pilot.press("ctrl+u", *"state", "enter")  # a shown column: removed
         await pilot.press("escape")
         await wait_for(pilot, lambda: "config.optim.lr" in screen.table.column_order)
-        assert screen.table.column_order[-2:] == ["config.optim.lr", "seed"] and "state" not in screen.table.column_order
+        order = screen.table.column_order  # added after best R@1, in the order added: in sight at 80 columns
+        assert order[order.index("R@1") + 1:][:2] == ["config.optim.lr", "seed"] and "state" not in order
         screen.sort_by("config.optim.lr", descending=False)
         await pilot.pause(0.1)
         lrs = [str(screen.table.get_cell_at((row, screen.table.column_order.index("config.optim.lr"))))
@@ -201,3 +202,58 @@ async def grouped_workspace(pilot):
 
 def test_grouped_workspace_snapshot_80x24(sweep, snap_compare):
     assert snap_compare(app_for_tests(poll_seconds=0), terminal_size=(80, 24), run_before=grouped_workspace)
+
+
+def test_a_view_saved_in_the_tui_comes_back_in_the_tui_and_in_the_cli(sweep, tmp_path, monkeypatch):
+    import tomllib
+
+    config = tmp_path / "config.toml"
+    monkeypatch.setenv("DMLTUI_CONFIG", str(config))
+
+    async def scenario(pilot):
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: screen.table.row_count == 13)
+        screen.set_columns(["name", "R@1", "config.optim.lr"])
+        screen.sort_by("config.optim.lr", descending=False)
+        screen.set_group_by("config.loss.name")
+        await pilot.press("slash", *"seed = 1", "enter")
+        await wait_for(pilot, lambda: len(screen.shown) == 4)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "ViewsScreen")
+        await pilot.press(*"lr-seed1", "enter")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "RunsScreen")
+        await pilot.press("escape")  # the filter cleared; then the default view, then the saved one
+        screen.apply_view(type(screen.current_view())(name=""))
+        await wait_for(pilot, lambda: screen.table.row_count == 13 and screen.group_by is None)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "ViewsScreen")
+        await pilot.press("down", "enter")  # the first saved view, below "(default)"
+        await wait_for(pilot, lambda: screen.group_by == "config.loss.name" and len(screen.shown) == 4)
+        assert screen.table.column_order[1:] == ["name", "R@1", "config.optim.lr"]
+        assert (screen.sort_field, screen.descending) == ("config.optim.lr", False)
+        assert screen.sub_title == "view lr-seed1"
+
+    run_app(app_for_tests(poll_seconds=0), scenario)
+    assert tomllib.loads(config.read_text())["views"]["lr-seed1"] == {
+        "filter": "seed = 1", "columns": ["name", "R@1", "config.optim.lr"], "sort": "config.optim.lr", "order": "asc",
+        "group_by": "config.loss.name"}
+    groups = json.loads(dmltui("runs", "list", "--view", "lr-seed1", "--json").stdout)  # grouped, as the view is
+    assert {g["group"]: len(g["runs"]) for g in groups} == {"margin": 2, "triplet": 2}
+
+
+def test_runs_list_group_by_prints_the_groups_of_the_runs_screen(sweep):
+    groups = json.loads(dmltui("runs", "list", "--group-by", "config.loss.name", "--fields", "R@1,best.test.nmi",
+                               "--json").stdout)
+    assert [(g["group"], g["n"]) for g in groups] == [("margin", 7), ("triplet", 6)]
+    columns = table_columns(["R@1", "best.test.nmi"], sweep, grouped=True)
+    expected = {g.label: s for g, s in zip(make_groups(sweep, "config.loss.name"), group_statistics(
+        make_groups(sweep, "config.loss.name"), "config.loss.name", columns).values(), strict=True)}
+    for group in groups:
+        for key in ("R@1", "best.test.nmi"):
+            assert group["metrics"][key]["mean"] == pytest.approx(expected[group["group"]][key]["mean"])
+            assert group["metrics"][key]["n"] == expected[group["group"]][key]["n"]
+    table = dmltui("runs", "list", "--group-by", "config.loss.name", env={"COLUMNS": "200"})
+    assert table.returncode == 0 and table.stdout.splitlines()[1].split()[:3] == ["margin", "cub200", "7"], table.stdout
+    bad = dmltui("runs", "list", "--group-by", "config.los.name")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --group-by: cannot group by") \
+        and bad.stderr.count("\n") == 1, bad.stderr

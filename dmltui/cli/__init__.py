@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dmltui.cli import compare, data, db, inspect, launch, plot, presets, quickstart, runs, schema, tui, tune
+from dmltui.cli import compare, data, db, inspect, launch, plot, presets, quickstart, runs, schema, tui, tune, views
 from dmltui.cli.common import ExitCode
 from dmltui.home import SettingError
 from dmltui.store import StoreBusy, StoreError
@@ -25,6 +25,7 @@ app.add_typer(db.app, name="db")
 app.add_typer(data.app, name="data")
 app.add_typer(tune.app, name="tune")
 app.add_typer(plot.app, name="plot")
+app.add_typer(views.app, name="views")
 app.command("quickstart")(quickstart.quickstart)
 app.command("run")(launch.run)
 app.command("sweep")(launch.sweep)

@@ -11,13 +11,18 @@ import typer
 
 from dmltui import runs as run_ops
 from dmltui.cli.common import GPUS_HELP, ExitCode, checked_gpus, fail, print_fitted_table, print_json, stdout
-from dmltui.listing import best_value, matches, on_slurm, refreshed_runs, sort_runs, where_text
+from dmltui.listing import matches, on_slurm, refreshed_runs, sort_runs
 from dmltui.results import display_name
 from dmltui.states import STATE_COLOURS, is_final
 from engine.rundir import RunDir
 
 if TYPE_CHECKING:  # rich's tables are imported where a table is drawn: `runs list --json` never needs them
+    from collections.abc import Callable
+
     from rich.table import Table
+
+    from dmltui.columns import Column
+    from dmltui.views import View
 
 app = typer.Typer(help="Runs recorded in the store.", no_args_is_help=True)
 
@@ -40,30 +45,162 @@ def list_runs(
     dataset: Annotated[str | None, typer.Option("--dataset", help="only runs on this dataset")] = None,
     text: Annotated[str | None, typer.Option("--text", help="words that must all appear in the id, name, preset, dataset, loss, miner, tags or notes")] = None,
     where: Annotated[str | None, typer.Option("--where", help="a query over run fields, config.KEY, best.SPLIT.METRIC and last.SPLIT.METRIC, e.g. 'state = finished and config.loss.name in (margin, triplet) and best.test.e_recall@1 >= 0.6' (README: the query language)")] = None,
-    sort: Annotated[str, typer.Option("--sort", help="a run field (created_at, name, state...) or a metric (e_recall@1)")] = "created_at",
-    ascending: Annotated[bool, typer.Option("--asc", help="ascending order")] = False,
+    view_name: Annotated[str | None, typer.Option("--view", help="a saved view (dmltui views): its filter, columns, sort and grouping; options given here override them (filters: both must pass)")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="a run field (created_at, name, state...), a metric (e_recall@1) or a dotted field (config.optim.lr)  [default: created_at]")] = None,
+    ascending: Annotated[bool | None, typer.Option("--asc/--desc", help="ascending or descending order  [default: descending]")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N runs (after filtering and sorting)")] = None,
-    fields: Annotated[str | None, typer.Option("--fields", help="with --json: only these fields of each run, comma-separated (e.g. id,state,best)")] = None,
+    fields: Annotated[str | None, typer.Option("--fields", help="the table's columns in this order, comma-separated (id, state, name, R@1, dataset, loss/miner, epoch, tags, ... or a field: config.optim.lr, best.test.e_recall@1, seed); with --json: the record's fields (id,state,best) or dotted fields")] = None,
+    group_by: Annotated[str | None, typer.Option("--group-by", help="one row per group: preset, name (without its seed), a run field or a config key (config.optim.lr), with the mean ± std of the metric columns over its finished runs (a view's group_by too)")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List recorded runs with their state reconciled from the run directories; every filter given must pass."""
-    wanted = _fields(fields) if fields else None
-    records = [r for r in _queried_runs(where) if matches(r, states=state, preset=preset, tag=tag, dataset=dataset, text=text)]
-    records = sort_runs(records, sort, descending=not ascending)[:limit]
-    if as_json:
-        print_json([{key: r.get(key) for key in wanted} for r in records] if wanted else records)
+    view = _view(view_name) if view_name else None
+    group_by = group_by or (view.group_by if view else None)
+    # --fields is checked before the store is read: a typo costs nothing
+    picked = _json_getters(fields) if as_json and fields and not group_by else None
+    chosen = (None if as_json and not group_by else _columns(fields) if fields
+              else list(view.columns) if view and view.columns else None)
+    query, word_filters = _with_view_filter(view, where)
+    records = [r for r in _queried_runs(query, _query_option(view, where)) if matches(r, **word_filters)
+               and matches(r, states=state, preset=preset, tag=tag, dataset=dataset, text=text)]
+    sort = sort or (view.sort if view else "created_at")
+    descending = not ascending if ascending is not None else (view.descending if view else True)
+    records = sort_runs(records, sort, descending=descending)[:limit]
+    if group_by:
+        _print_groups(records, group_by, chosen or ["R@1"], as_json=as_json)
         return
-    slurm = on_slurm(records)  # then a column says where each run executes: SLURM's job, state and reason or node
-    headers = ["id", "name", "state", *(["where"] if slurm else []), "dataset", "loss/miner", "epoch", "R@1", "tags"]
-    rows = []
-    for r in records:
-        best = best_value(r)
-        rows.append([r["id"], r["name"], r["state"], *([where_text(r)] if slurm else []), r["dataset"],
-                     f"{r['loss']}/{r['miner']}", f"{r.get('epoch') or 0}/{r.get('epochs') or '?'}",
-                     f"{best:.4f}" if best is not None else "-", ",".join(r.get("tags", []))])
-    # at 80 columns the least important go first: tags, then loss/miner, the SLURM job, epoch, dataset
-    print_fitted_table(headers, rows, ["id", "state", "name", "R@1", "dataset", "epoch", "where", "loss/miner", "tags"],
-                       styles={"state": [STATE_COLOURS.get(r["state"], "white") for r in records]})
+    if as_json:
+        print_json([{name: get(r) for name, get in picked.items()} for r in records] if picked else records)
+        return
+    _print_runs(records, chosen)
+
+
+def _print_runs(records: list[dict], chosen: list[str] | None) -> None:
+    """The runs table: the *chosen* columns (their order is also what a narrow terminal keeps), else the default ones,
+    which show the SLURM job's column only while a run is on SLURM and at 80 columns leave out tags first."""
+    from dmltui.columns import CLI_DEFAULT, CLI_IMPORTANCE, columns
+
+    keys = chosen or [key for key in CLI_DEFAULT if key != "where" or on_slurm(records)]
+    shown = columns(keys)
+    headers = _headers(shown)
+    header = dict(zip(keys, headers, strict=True))
+    importance = chosen or [key for key in CLI_IMPORTANCE if key in keys]
+    styles = {header["state"]: [STATE_COLOURS.get(r["state"], "white") for r in records]} if "state" in header else None
+    print_fitted_table(headers, [[c.text(r) for c in shown] for r in records], [header[k] for k in importance],
+                       styles=styles)
+
+
+def _print_groups(records: list[dict], group_by: str, keys: list[str], *, as_json: bool) -> None:
+    """One row per group (dataset, the key's value): its runs, and the mean ± std of each metric column over its
+    finished runs, as the runs screen's group rows show them (dmltui.workspace: compare --group-by's function)."""
+    from dmltui.columns import columns
+    from dmltui.compare import UnknownGroupKey
+    from dmltui.workspace import group_statistics, make_groups
+
+    shown = [c for c in columns(keys) if c.metric] or columns(["R@1"])
+    try:
+        groups = make_groups(records, group_by)
+    except UnknownGroupKey as error:
+        fail(f"--group-by: {error}", ExitCode.USAGE)
+    statistics = group_statistics(groups, group_by, shown)
+    if as_json:
+        print_json([{"group": g.label, "group_by": group_by, "dataset": g.dataset, "runs": [r["id"] for r in g.runs],
+                     "n": len(g.runs), "metrics": {c.key: _stat_json(statistics[g.id].get(c.key)) for c in shown}}
+                    for g in groups])
+        return
+
+    def cell(entry: dict | None) -> str:
+        if not entry or entry.get("mean") is None:
+            return "-"
+        return f"{entry['mean']:.4f} ± {entry['std']:.4f} (n={entry['n']})"
+
+    headers = [group_by, "dataset", "runs", *_headers(shown)]
+    rows = [[g.label, g.dataset, str(len(g.runs)), *(cell(statistics[g.id].get(c.key)) for c in shown)] for g in groups]
+    print_fitted_table(headers, rows, headers)
+    if groups:
+        print("mean ± std (ddof=0) over each group's finished runs of the values in its runs' rows", file=sys.stderr)
+
+
+def _stat_json(entry: dict | None) -> dict | None:
+    return None if entry is None else {key: entry[key] for key in ("n", "mean", "std", "values")}
+
+
+def _headers(shown: list[Column]) -> list[str]:
+    """Built-in columns headed by their key, as this table always has been (``R@1``, not the TUI's ``best R@1``); a
+    field by its short header (``optim.lr``) unless two columns would share it: a table tells columns by header."""
+    from dmltui.columns import BUILTIN
+
+    short = [c.key if c.key in BUILTIN else c.header for c in shown]
+    return [h if short.count(h) == 1 else c.key for h, c in zip(short, shown, strict=True)]
+
+
+def _view(name: str) -> View:
+    """The saved view (exit 3 naming the saved ones for an unknown name, 2 for one that cannot be used)."""
+    from dmltui.views import UnknownView, ViewError, get_view
+
+    try:
+        return get_view(name)
+    except UnknownView as error:
+        fail(f"--view: {error}", ExitCode.NOT_FOUND)
+    except ViewError as error:
+        fail(f"--view: {error}", ExitCode.USAGE)
+
+
+def _with_view_filter(view: View | None, where: str | None) -> tuple[str | None, dict[str, Any]]:
+    """The query to select with and the filter words' keyword arguments of matches: a view's query joined to --where
+    as ``(view) and (where)`` (both must pass), its filter words kept apart from --where."""
+    if not view or not view.filter:
+        return where, {}
+    from dmltui.listing import parse_filter
+    from dmltui.query import looks_like_query
+
+    if looks_like_query(view.filter):
+        return (f"({view.filter}) and ({where})" if where else view.filter), {}
+    return where, parse_filter(view.filter)
+
+
+def _query_option(view: View | None, where: str | None) -> str:
+    """What a bad query's message names: the option it came from."""
+    from dmltui.query import looks_like_query
+
+    from_view = bool(view and looks_like_query(view.filter))
+    if from_view and where:
+        return f"--view {view.name} and --where: ({view.filter}) and ({where})"
+    return f"--view {view.name}: filter {view.filter!r}" if from_view else "--where"
+
+
+def _columns(text: str) -> list[str]:
+    """--fields as table columns; exit 2 naming the nearest for an unknown one."""
+    from dmltui.columns import UnknownColumn, parse_columns
+
+    try:
+        return parse_columns(text)
+    except UnknownColumn as error:
+        fail(f"--fields: {error}", ExitCode.USAGE)
+
+
+def _json_getters(text: str) -> dict[str, Callable[[dict], Any]]:
+    """--fields with --json: the record's own fields as stored, and dotted fields (config.optim.lr) as their values."""
+    wanted = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not wanted:
+        fail(f"--fields: name at least one field of: {', '.join(RECORD_FIELDS)}", ExitCode.USAGE)
+    return {name: _json_getter(name) for name in wanted}
+
+
+def _json_getter(name: str) -> Callable[[dict], Any]:
+    """A record field as stored (``best`` stays a dict), or a dotted field's plain value; exit 2 naming the nearest."""
+    import difflib
+
+    from dmltui.fields import value_getter
+
+    if name in RECORD_FIELDS:
+        return lambda record: record.get(name)
+    getter = value_getter(name) if "." in name else None
+    if getter is None:
+        nearest = difflib.get_close_matches(name, RECORD_FIELDS, n=3, cutoff=0.6)
+        fail(f"--fields: unknown field {name!r}; " + (f"nearest: {', '.join(nearest)}" if nearest else
+             f"fields: {', '.join(RECORD_FIELDS)}, or config.KEY, best.SPLIT.METRIC, last.SPLIT.METRIC"), ExitCode.USAGE)
+    return getter
 
 
 @app.command("show")
@@ -90,8 +227,9 @@ RECORD_FIELDS = ("id", "name", "state", "preset", "presets", "dataset", "loss", 
                  "host", "pid", "executor", "slurm_job_id", "slurm_state", "slurm_reason", "slurm_node")
 
 
-def _queried_runs(where: str | None) -> list[dict]:
-    """The refreshed runs that --where selects (all without it); exit 2 with one line for a bad query."""
+def _queried_runs(where: str | None, option: str) -> list[dict]:
+    """The refreshed runs that *where* selects (all without it); exit 2 with one line naming *option* for a bad
+    query."""
     if where is None:
         return refreshed_runs()
     from dmltui.query import QueryError
@@ -99,18 +237,7 @@ def _queried_runs(where: str | None) -> list[dict]:
     try:
         return refreshed_runs(where=where)
     except QueryError as error:
-        fail(f"--where: {error}", ExitCode.USAGE)
-
-
-def _fields(text: str) -> list[str]:
-    """--fields as a list; exit 2 naming an unknown field and the allowed ones."""
-    wanted = [name.strip() for name in text.split(",") if name.strip()]
-    for name in wanted:
-        if name not in RECORD_FIELDS:
-            fail(f"--fields: unknown field {name!r}; fields: {', '.join(RECORD_FIELDS)}", ExitCode.USAGE)
-    if not wanted:
-        fail(f"--fields: name at least one field of: {', '.join(RECORD_FIELDS)}", ExitCode.USAGE)
-    return wanted
+        fail(f"{option}: {error}", ExitCode.USAGE)
 
 
 def _latest_table(records: list[dict]) -> Table:

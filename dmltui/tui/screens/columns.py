@@ -16,20 +16,26 @@ from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
 from dmltui.columns import BUILTIN, field_header
+from dmltui.fields import METRIC_PREFIXES, RUN_FIELDS
 
 SHOWN_LIMIT = 200  # options listed at once: thousands of config keys would only slow the typing
 
 
-def candidates(fields: Iterable[str]) -> list[str]:
-    """Column keys to offer: the built-in columns, then the fields (run fields that are no built-in column, config
-    keys, metrics)."""
-    return list(dict.fromkeys([*BUILTIN, *fields]))
+def candidates(fields: Iterable[str], changed: Iterable[str] = ()) -> list[str]:
+    """Column keys to offer, in the order a search ranks equal matches: the built-in columns, the run fields, the
+    config keys that some run set (*changed*: what a sweep varies, so ``lr`` finds ``config.optim.lr`` before
+    ``config.loss.arcface.lr``), the metrics, then every other config key."""
+    fields = list(fields)
+    changed_keys = [f"config.{key}" for key in changed]
+    config = [f for f in fields if f.startswith("config.")]
+    metrics = [f for f in fields if f.split(".", 1)[0] in METRIC_PREFIXES]
+    return list(dict.fromkeys([*BUILTIN, *RUN_FIELDS, *changed_keys, *metrics, *config]))
 
 
 def matching(keys: Sequence[str], search: str) -> list[str]:
     """*keys* that *search* matches, best first: a whole part of the key (``lr`` finds ``config.optim.lr`` first),
-    then the start of a part, then anywhere in it, then fuzzily (as Textual's command palette matches); shorter
-    keys first within each. All of them without a search."""
+    then the start of a part, then anywhere in it, then fuzzily (as Textual's command palette matches); within
+    each, in the order of *keys* (see candidates). All of them without a search."""
     search = search.strip().lower()
     if not search:
         return list(keys)
@@ -46,12 +52,21 @@ def matching(keys: Sequence[str], search: str) -> list[str]:
             return 2
         return 3 if matcher.match(key) > 0 else None
 
-    ranked = [(r, len(key), index, key) for index, key in enumerate(keys) if (r := rank(key)) is not None]
+    ranked = [(r, index, key) for index, key in enumerate(keys) if (r := rank(key)) is not None]
     return [key for *_, key in sorted(ranked)]
 
 
+def insert_column(shown: Sequence[str], key: str) -> list[str]:
+    """*shown* with *key* added where an 80-column terminal still shows it: after the columns added before it, else
+    after best R@1 (else the name), ahead of the default columns that matter less (dataset, preset, times)."""
+    keys = list(shown)
+    added = [i for i, k in enumerate(keys) if k not in BUILTIN]
+    anchor = added[-1] if added else next((keys.index(k) for k in ("R@1", "name") if k in keys), len(keys) - 1)
+    return [*keys[:anchor + 1], key, *keys[anchor + 1:]]
+
+
 class ColumnsScreen(ModalScreen[list[str] | None]):
-    """Returns the new column keys in order (added ones at the end) on escape or ctrl+s, None when nothing changed."""
+    """Returns the new column keys in order on escape or ctrl+s (see insert_column), None when nothing changed."""
 
     BINDINGS = [
         Binding("escape,ctrl+s", "done", "Done", priority=True),
@@ -60,12 +75,12 @@ class ColumnsScreen(ModalScreen[list[str] | None]):
         Binding("ctrl+r", "defaults", "Defaults", tooltip="Back to the default columns"),
     ]
 
-    def __init__(self, shown: Sequence[str], fields: Iterable[str], defaults: Sequence[str]):
+    def __init__(self, shown: Sequence[str], fields: Iterable[str], defaults: Sequence[str], changed: Iterable[str] = ()):
         super().__init__()
         self.original = list(shown)
         self.shown = list(shown)
         self.defaults = list(defaults)
-        self.keys = candidates(fields)
+        self.keys = candidates(fields, changed)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="columns-dialog"):
@@ -103,7 +118,7 @@ class ColumnsScreen(ModalScreen[list[str] | None]):
         if options.highlighted is None:
             return
         key = options.get_option_at_index(options.highlighted).id
-        self.shown = [k for k in self.shown if k != key] if key in self.shown else [*self.shown, key]
+        self.shown = [k for k in self.shown if k != key] if key in self.shown else insert_column(self.shown, key)
         if not self.shown:  # a table needs a column: the last one stays
             self.shown = [key]
             self.notify("a table keeps at least one column", severity="warning")

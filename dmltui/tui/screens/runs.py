@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on, work
@@ -24,7 +24,15 @@ from dmltui.tui.widgets.runs_table import RunsTable
 from dmltui.workspace import Group, group_statistics, is_group_row, make_groups, sort_groups, table_columns, table_rows
 from engine.metric_names import display_name
 
+if TYPE_CHECKING:
+    from dmltui.views import View
+
 PATCH_LIMIT = 50  # more changed runs than this at once: redraw the list
+
+
+def changed_keys(records: list[dict[str, Any]]) -> list[str]:
+    """The config keys some run set (its summary's config_changes): what a sweep varies, sorted."""
+    return sorted({key for run in records for key, value in (run.get("config_changes") or {}).items() if value is not None})
 
 
 class RunsScreen(Screen):
@@ -45,6 +53,7 @@ class RunsScreen(Screen):
         Binding("x", "stop", "Stop", tooltip="Stop the run: SIGTERM, the engine checkpoints, SIGKILL after 30 s"),
         Binding("f", "pick_columns", "Columns", tooltip="Add or remove columns: run fields, config keys, metrics"),
         Binding("g", "group", "Group", tooltip="Group the runs by a field or config key: count and mean ± std per group"),
+        Binding("v", "views", "Views", tooltip="Saved views: a name for this filter, columns, sort and grouping"),
         Binding("r", "resume", "Resume", show=False, tooltip="Resume a stopped, crashed or failed run from its checkpoint"),
         Binding("R", "rerun", "Rerun", show=False, key_display="R", tooltip="Start a new run with the same config"),
         Binding("d", "delete", "Delete", show=False, tooltip="Delete the run and its run directory"),
@@ -353,7 +362,8 @@ class RunsScreen(Screen):
         from dmltui.tui.screens.columns import ColumnsScreen
 
         defaults = [c.key for c in table_columns(None, self.app.monitor.records.values())]
-        self.app.push_screen(ColumnsScreen([c.key for c in self.columns], KnownFields(self.app.monitor.runs()), defaults),
+        runs = self.app.monitor.runs()
+        self.app.push_screen(ColumnsScreen([c.key for c in self.columns], KnownFields(runs), defaults, changed_keys(runs)),
                              self._columns_chosen)
 
     def _columns_chosen(self, keys: list[str] | None) -> None:
@@ -369,8 +379,7 @@ class RunsScreen(Screen):
     def action_group(self) -> None:
         choices = [("", "(no groups)"), ("preset", "preset"), ("name", "name without its seed"), ("dataset", "dataset"),
                    ("loss", "loss"), ("miner", "miner"), ("state", "state")]
-        changed = sorted({key for run in self.app.monitor.runs() for key, value in (run.get("config_changes") or {}).items()
-                          if value is not None})  # the keys some run set: what a sweep varies
+        changed = changed_keys(self.app.monitor.runs())
         shown = [c.key for c in self.columns if c.key.startswith("config.")]
         choices += [(key, key) for key in dict.fromkeys([*shown, *(f"config.{key}" for key in changed)])]
         self.app.push_screen(ChoiceScreen("Group runs by", choices, current=self.group_by or ""), self._group_chosen)
@@ -383,6 +392,31 @@ class RunsScreen(Screen):
         """One row per group of the shown runs under *key* (None: no groups); groups start closed."""
         self.group_by, self.expanded = key, set()
         self.redraw()
+
+    def current_view(self, name: str = "") -> View:
+        """The table as it is now, as a view named *name*."""
+        from dmltui.views import View
+
+        return View(name=name, filter=self.query_one("#filter", Input).value, columns=tuple(self.column_keys or ()),
+                    sort=self.sort_field, descending=self.descending, group_by=self.group_by)
+
+    def action_views(self) -> None:
+        from dmltui.tui.screens.views import ViewsScreen
+
+        self.app.push_screen(ViewsScreen(self.current_view()), self._view_chosen)
+
+    def _view_chosen(self, view: View | None) -> None:
+        if view is not None:
+            self.apply_view(view)
+
+    def apply_view(self, view: View) -> None:
+        """Show the runs as *view* says: its filter in the box, its columns (none: the default), sort and grouping."""
+        self.column_keys = list(view.columns) or None
+        self.sort_field, self.descending = view.sort, view.descending
+        self.group_by, self.expanded = view.group_by, set()
+        self.query_one("#filter", Input).value = view.filter
+        self.redraw()
+        self.sub_title = f"view {view.name}" if view.name else None  # (None: the app's)
 
     def action_tag_filter(self) -> None:
         tags = sorted({t for r in self.app.monitor.runs() for t in r.get("tags", [])})
