@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from conftest import dmltui, tables_settled
@@ -257,3 +258,40 @@ def test_runs_list_group_by_prints_the_groups_of_the_runs_screen(sweep):
     bad = dmltui("runs", "list", "--group-by", "config.los.name")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --group-by: cannot group by") \
         and bad.stderr.count("\n") == 1, bad.stderr
+
+
+def test_tags_and_a_note_edited_in_the_tui_land_as_the_cli_would_write_them(sweep):
+    from dmltui import runs as run_ops
+    from dmltui.store import RunStore
+
+    first, second, third = sweep[0], sweep[1], sweep[2]  # first: no tags; second: "paper"
+
+    async def scenario(pilot):
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: screen.table.row_count == 13)
+        screen.table.move_cursor(row=screen.table.get_row_index(first["id"]))
+        await pilot.press("e")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "AnnotateScreen")
+        await pilot.press(*"paper, ", *"x" * 70, "ctrl+s")  # a tag too long: one line in the dialog, nothing written
+        await wait_for(pilot, lambda: "a tag is 1-64 characters" in str(pilot.app.screen.query_one("#annotate-error").render()))
+        assert RunStore(run_ops.open_store().path).get(first["id"])["tags"] == []
+        await pilot.press("ctrl+u", *"best", "tab", *"lr sweep, seed 0", "ctrl+s")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "RunsScreen")
+        screen.selected = {second["id"], third["id"]}
+        await pilot.press("e")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "AnnotateScreen")
+        await pilot.press(*"final", "tab", *"paper", "ctrl+s")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "RunsScreen")
+        await pilot.press("e")  # escape changes nothing
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "AnnotateScreen")
+        await pilot.press(*"never", "escape")
+
+    run_app(app_for_tests(poll_seconds=0), scenario)
+    store = run_ops.open_store()
+    after = {r["id"]: r for r in store.all()}
+    assert (after[first["id"]]["tags"], after[first["id"]]["notes"]) == (["best"], "lr sweep, seed 0")
+    assert after[second["id"]]["tags"] == ["final"] and after[third["id"]]["tags"] == ["final"]
+    for record in (first, second, third):  # the run dirs' manager.json says the same (what db rebuild reads)
+        manager = json.loads((Path(record["run_dir"]) / run_ops.MANAGER_FILE).read_text())
+        assert (manager["tags"], manager["notes"]) == (after[record["id"]]["tags"], after[record["id"]]["notes"])
+    assert all("never" not in r["tags"] for r in after.values())

@@ -53,6 +53,7 @@ class RunsScreen(Screen):
         Binding("x", "stop", "Stop", tooltip="Stop the run: SIGTERM, the engine checkpoints, SIGKILL after 30 s"),
         Binding("f", "pick_columns", "Columns", tooltip="Add or remove columns: run fields, config keys, metrics"),
         Binding("g", "group", "Group", tooltip="Group the runs by a field or config key: count and mean ± std per group"),
+        Binding("e", "annotate", "Tags", tooltip="Edit the tags and note of the run (or the tags of the selected runs)"),
         Binding("v", "views", "Views", tooltip="Saved views: a name for this filter, columns, sort and grouping"),
         Binding("r", "resume", "Resume", show=False, tooltip="Resume a stopped, crashed or failed run from its checkpoint"),
         Binding("R", "rerun", "Rerun", show=False, key_display="R", tooltip="Start a new run with the same config"),
@@ -392,6 +393,13 @@ class RunsScreen(Screen):
         """One row per group of the shown runs under *key* (None: no groups); groups start closed."""
         self.group_by, self.expanded = key, set()
         self.redraw()
+
+    def action_annotate(self) -> None:
+        from dmltui.tui.screens.annotate import AnnotateScreen
+
+        records = [r for r in self.shown if r["id"] in self.selected] or [r for r in [self.cursor_record()] if r]
+        if records:
+            self.app.push_screen(AnnotateScreen(records))
 
     def current_view(self, name: str = "") -> View:
         """The table as it is now, as a view named *name*."""
